@@ -1,0 +1,299 @@
+"""init_orca_context / stop_orca_context, and OrcaContext.
+
+Data flow: arguments -> ContextSpec (validated once, nothing started yet) ->
+resources this mode needs (a local standalone cluster, a packed environment, a
+log sink) -> rendered SparkLaunch -> SparkContext. Each started piece registers
+its undo on one ExitStack, so stop (and a failed start) unwind in reverse.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import logging
+import shutil
+import sys
+import tempfile
+import threading
+import warnings
+from typing import Optional
+
+from .config import ContextSpec, Flags, build_spec, parse_memory
+from .errors import NoContextError, OrcaRuntimeError
+
+log = logging.getLogger(__name__)
+
+_flags = Flags()
+_lock = threading.RLock()
+
+
+@dataclasses.dataclass
+class _Running:
+    spec: ContextSpec
+    sc: object
+    stack: contextlib.ExitStack
+    adopted: bool = False
+    log_output: bool = False
+    launch: object = None
+    standalone: object = None
+
+
+_running: Optional[_Running] = None
+
+
+def init_orca_context(cluster_mode=None, runtime="spark", cores=None, memory="2g", num_nodes=1,
+                      init_ray_on_spark=False, **kwargs):
+    """Start Spark on ``cluster_mode`` and return its SparkContext.
+
+    Parameters
+    ----------
+    cluster_mode : str, optional
+        "local" (default), "local-cluster", "standalone", "yarn-client", "yarn-cluster",
+        "k8s-client", "k8s-cluster" or "spark-submit". None reads
+        SPARKORCA_CLUSTER_MODE, then picks "spark-submit" when spark-submit launched
+        this program, else "local".
+    runtime : str
+        "spark" (the default) or "ray".
+    cores : int, optional
+        Cores per executor; for "local", all cores when None.
+    memory : str
+        Memory per executor, "2g" style.
+    num_nodes : int
+        Number of executors (workers for a local standalone cluster).
+    init_ray_on_spark : bool
+        Also start a Ray cluster inside the Spark application.
+    **kwargs
+        driver_cores, driver_memory, extra_python_lib, conf, env, master,
+        container_image, penv_archive, python_location, hadoop_conf,
+        hadoop_user_name, extra_executor_memory_for_ray and the Ray options.
+        Any other name is an error.
+
+    Examples
+    --------
+    >>> from sparkorca import init_orca_context, stop_orca_context
+    >>> sc = init_orca_context(cluster_mode="local", cores=2, memory="2g")  # doctest: +SKIP
+    >>> sc.parallelize(range(10)).sum()                                      # doctest: +SKIP
+    45
+    >>> stop_orca_context()                                                  # doctest: +SKIP
+    """
+    global _running
+    spec = build_spec(cluster_mode, runtime, cores, memory, num_nodes, init_ray_on_spark,
+                      **kwargs)
+    if spec.runtime == "ray" or spec.init_ray_on_spark:
+        raise OrcaRuntimeError(
+            "RayOnSpark (init_ray_on_spark=True) and runtime='ray' are not available in this "
+            "version of sparkorca; start with runtime='spark' and init_ray_on_spark=False")
+    with _lock:
+        if _running is not None:
+            warnings.warn("init_orca_context: a context is already running; returning its "
+                          "SparkContext unchanged (call stop_orca_context() first to "
+                          "start a different one)", stacklevel=2)
+            return _running.sc
+        _running = _start(spec)
+        return _running.sc
+
+
+def _start(spec: ContextSpec) -> _Running:
+    from .spark import session, submit
+
+    log_output = _flags.get("log_output")
+    existing = session.active_spark_context()
+    if existing is not None:
+        warnings.warn(
+            f"init_orca_context: adopting the SparkContext already running in this process "
+            f"(master {existing.master}); its configuration is kept and the arguments given "
+            "here are not applied. stop_orca_context() will leave it running.", stacklevel=3)
+        return _Running(spec=spec, sc=existing, stack=contextlib.ExitStack(), adopted=True)
+    if spec.cluster_mode == "spark-submit" or (spec.is_cluster_deploy
+                                               and submit.running_resubmitted()):
+        return _adopt_submitted(spec)
+
+    from .spark.java import check_java
+    check_java()
+    if spec.is_cluster_deploy:
+        _resubmit_and_exit(spec)
+
+    stack = contextlib.ExitStack()
+    try:
+        return _start_owned(spec, stack, log_output)
+    except BaseException:
+        stack.close()
+        raise
+
+
+def _start_owned(spec: ContextSpec, stack: contextlib.ExitStack, log_output: bool) -> _Running:
+    from .spark import session
+    from .spark.conf import needs_packed_env, render_launch
+    from .spark.logs import LogSink, log_daemon_source
+    from .spark.pyenv import pack_environment
+    from .spark.standalone import LocalStandaloneCluster
+
+    standalone = None
+    if spec.cluster_mode == "standalone" and spec.master is None:
+        standalone = LocalStandaloneCluster(
+            num_workers=spec.num_nodes, cores=spec.executor_cores,
+            memory_mb=parse_memory("memory", spec.memory) >> 20)
+        stack.callback(standalone.stop)
+        standalone.start()
+        spec = spec.replace(master=standalone.master_url)
+    if needs_packed_env(spec):
+        spec = spec.replace(penv_archive=pack_environment())
+
+    launch = render_launch(spec, log_output=log_output)
+    if "spark.local.dir" not in spec.conf:
+        # The driver's scratch space lives in a dir of ours, removed at stop.
+        local_dir = tempfile.mkdtemp(prefix="sparkorca-driver-")
+        stack.callback(shutil.rmtree, local_dir, ignore_errors=True)
+        launch = dataclasses.replace(launch, conf={**launch.conf, "spark.local.dir": local_dir})
+    sink = None
+    if "spark.python.daemon.module" in launch.conf:
+        sink = LogSink(spec.driver_host)
+        stack.callback(sink.stop)
+    stack.enter_context(session.temporary_environ(spec.env))
+
+    owned = session.start_spark(launch, log_output)
+    stack.callback(owned.stop)
+    if sink is not None:
+        owned.sc.addFile(log_daemon_source())
+        # Sent to executors inside each task, never through Spark conf.
+        owned.sc.environment.update(sink.worker_env())
+    return _Running(spec=spec, sc=owned.sc, stack=stack, log_output=log_output,
+                    launch=launch, standalone=standalone)
+
+
+def _adopt_submitted(spec: ContextSpec) -> _Running:
+    from .spark import session
+    ignored = [name for name in ("conf", "env", "extra_python_lib", "penv_archive", "master")
+               if getattr(spec, name)]
+    if ignored or spec.cores is not None:
+        warnings.warn(
+            f"cluster_mode='{spec.cluster_mode}': spark-submit already configured this "
+            f"application; ignoring {', '.join(ignored + (['cores'] if spec.cores else []))} "
+            "(pass them to spark-submit instead)", stacklevel=4)
+    sc = session.adopt_spark_submit_context()
+    stack = contextlib.ExitStack()
+    stack.callback(session.stop_session_and_context, sc)
+    return _Running(spec=spec, sc=sc, stack=stack)
+
+
+def _resubmit_and_exit(spec: ContextSpec) -> None:
+    from .spark.conf import needs_packed_env, render_launch
+    from .spark.pyenv import pack_environment
+    from .spark.submit import main_script, resubmit
+    script = main_script()
+    if needs_packed_env(spec):
+        spec = spec.replace(penv_archive=pack_environment())
+    code = resubmit(render_launch(spec), script, sys.argv[1:])
+    # The program ran on the cluster; this process only reports how it ended.
+    raise SystemExit(code)
+
+
+def stop_orca_context() -> None:
+    """Stop everything init_orca_context started. Calling it twice is harmless.
+
+    Examples
+    --------
+    >>> stop_orca_context()  # doctest: +SKIP
+    """
+    global _running
+    with _lock:
+        running, _running = _running, None
+        if running is None:
+            return
+        if running.adopted:
+            log.info("leaving the adopted SparkContext running")
+        running.stack.close()
+
+
+@contextlib.contextmanager
+def orca_context(*args, **kwargs):
+    """``with orca_context(...) as sc:`` runs init_orca_context and always stops it.
+
+    Examples
+    --------
+    >>> with orca_context(cluster_mode="local", cores=1) as sc:  # doctest: +SKIP
+    ...     sc.parallelize([1, 2]).count()
+    2
+    """
+    sc = init_orca_context(*args, **kwargs)
+    try:
+        yield sc
+    finally:
+        stop_orca_context()
+
+
+atexit.register(stop_orca_context)
+
+
+def _flag(name: str):
+    def get(cls):
+        return _flags.get(name)
+
+    def set_(cls, value):
+        _flags.set(name, value, context_running=_running is not None)
+
+    return property(get, set_, doc=f"OrcaContext.{name} flag")
+
+
+class _OrcaContextMeta(type):
+    # Properties on the metaclass validate ``OrcaContext.flag = value`` assignments.
+    log_output = _flag("log_output")
+    barrier_mode = _flag("barrier_mode")
+    serialize_data_creator = _flag("serialize_data_creator")
+    pandas_read_backend = _flag("pandas_read_backend")
+    train_data_store = _flag("train_data_store")
+    shard_size = _flag("shard_size")
+
+
+class OrcaContext(metaclass=_OrcaContextMeta):
+    """The flags of sparkorca and the getters of the running context.
+
+    Flags (validated on assignment): ``log_output``, ``barrier_mode``,
+    ``serialize_data_creator``, ``pandas_read_backend`` ("spark" | "pandas"),
+    ``train_data_store`` ("DRAM" | "DISK_n"), ``shard_size`` (None or rows).
+
+    Examples
+    --------
+    >>> OrcaContext.train_data_store = "DISK_2"
+    >>> OrcaContext.train_data_store
+    'DISK_2'
+    >>> OrcaContext.train_data_store = "DRAM"
+    """
+
+    @staticmethod
+    def get_spark_context():
+        """The running context's SparkContext."""
+        return _require_running().sc
+
+    @staticmethod
+    def get_spark_session():
+        """A SparkSession on the running context's SparkContext."""
+        from pyspark.sql import SparkSession
+        _require_running()
+        return SparkSession.builder.getOrCreate()
+
+    @staticmethod
+    def get_ray_context():
+        """The Ray context of the running context."""
+        _require_running()
+        raise NoContextError(
+            "no Ray context: RayOnSpark (init_ray_on_spark=True) is not available in this "
+            "version of sparkorca")
+
+    @staticmethod
+    def reset_flags() -> None:
+        """Put every flag back to its default."""
+        _flags.reset()
+
+
+def _require_running() -> _Running:
+    if _running is None:
+        raise NoContextError("no sparkorca context is running; start one with "
+                             "init_orca_context(cluster_mode='local', cores=2)")
+    return _running
+
+
+def running_context() -> Optional[_Running]:
+    """The running context's record (for sparkorca's own modules), or None."""
+    return _running

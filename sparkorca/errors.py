@@ -1,0 +1,45 @@
+"""One error base class; each error also subclasses the matching builtin.
+
+Callers can catch ``OrcaError`` for anything sparkorca raises, or the builtin
+(``ValueError``, ``RuntimeError``, ``TimeoutError``) they already handle.
+"""
+
+
+class OrcaError(Exception):
+    """Base class of every error sparkorca raises."""
+
+
+class InvalidArgumentError(OrcaError, ValueError):
+    """An argument or flag has a value sparkorca does not accept.
+
+    The message names the parameter, the bad value and what is accepted.
+    """
+
+    def __init__(self, name, value, accepted, hint=None):
+        self.name = name
+        self.value = value
+        self.accepted = accepted
+        msg = f"{name}={value!r} is not accepted; expected {accepted}"
+        if hint:
+            msg += f". {hint}"
+        super().__init__(msg)
+
+
+class UnknownArgumentError(OrcaError, TypeError):
+    """Keyword arguments that init_orca_context does not know."""
+
+
+class OrcaRuntimeError(OrcaError, RuntimeError):
+    """Something failed while starting, running or stopping a context."""
+
+
+class JavaError(OrcaRuntimeError):
+    """Java is missing or too old for the installed Spark."""
+
+
+class NoContextError(OrcaRuntimeError):
+    """An operation needs a context and none is running."""
+
+
+class StartupTimeoutError(OrcaError, TimeoutError):
+    """A process or service did not become ready before its deadline."""

@@ -1,0 +1,141 @@
+"""Create, adopt and fully stop the SparkContext of a context.
+
+We launch pyspark's gateway JVM ourselves so that (a) its output passes through
+an ``OutputPump`` (tail for errors, stdout for log_output), (b) its environment
+carries the bind address, and (c) stop can end the JVM: pyspark keeps the
+gateway alive after ``SparkContext.stop()``, which would leave a java process
+behind every context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from typing import Iterator, Optional
+
+from ..errors import OrcaRuntimeError
+from .conf import SparkLaunch
+from .logs import OutputPump
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def temporary_environ(changes: dict) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore them."""
+    saved = {k: os.environ.get(k) for k in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class OwnedSpark:
+    """A SparkContext this process started, with the JVM and output pump behind it."""
+
+    def __init__(self, sc, pump: Optional[OutputPump]):
+        self.sc = sc
+        self.pump = pump
+
+    @property
+    def gateway_pid(self) -> Optional[int]:
+        proc = getattr(self.sc._gateway, "proc", None)
+        return proc.pid if proc is not None else None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.sc is not None:
+            stop_session_and_context(self.sc)
+        end_gateway(timeout=timeout)
+        if self.pump is not None:
+            self.pump.join()
+
+
+def end_gateway(gateway=None, timeout: float = 30.0, graceful: bool = True) -> None:
+    """Shut the py4j gateway and end the JVM behind it; reset pyspark's globals."""
+    from pyspark import SparkContext
+    gateway = gateway or SparkContext._gateway
+    SparkContext._gateway = None
+    SparkContext._jvm = None
+    SparkContext._active_spark_context = None
+    if gateway is None:
+        return
+    proc = getattr(gateway, "proc", None)
+    try:
+        gateway.shutdown()
+    except Exception as e:  # the JVM may already be gone
+        log.debug("gateway shutdown: %s", e)
+    if proc is None:
+        return
+    if graceful:
+        # The gateway JVM exits when its stdin closes; its shutdown hooks then
+        # remove Spark's temp dirs, which a kill would skip.
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout)
+            return
+        except subprocess.TimeoutExpired:
+            log.warning("Spark driver JVM (pid %d) did not exit in %gs; killing it",
+                        proc.pid, timeout)
+    proc.kill()
+    proc.wait(timeout)
+
+
+def stop_session_and_context(sc) -> None:
+    from pyspark.sql import SparkSession
+    session = SparkSession._instantiatedSession
+    if session is not None:
+        session.stop()
+    sc.stop()
+
+
+def start_spark(launch: SparkLaunch, log_output: bool) -> OwnedSpark:
+    """Launch the driver JVM for ``launch`` and return the new SparkContext."""
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    conf = SparkConf(loadDefaults=False).setMaster(launch.master)
+    conf.setAll(launch.conf.items())
+    pump = OutputPump("spark-driver", to_stdout=log_output)
+    try:
+        with temporary_environ({**launch.driver_env, "PYSPARK_SUBMIT_ARGS": "pyspark-shell"}):
+            gateway = launch_gateway(conf, popen_kwargs={
+                "stdout": pump.write_fd, "stderr": pump.write_fd})
+    except Exception as e:
+        pump.join()
+        raise OrcaRuntimeError(
+            f"the Spark driver JVM failed to start for master {launch.master}: {e}\n"
+            f"--- last output ---\n{pump.tail()}") from e
+    finally:
+        pump.close_write_end()
+    try:
+        sc = SparkContext(conf=conf, gateway=gateway, pyFiles=list(launch.py_files))
+    except Exception as e:
+        end_gateway(gateway, graceful=False)
+        pump.join()
+        raise OrcaRuntimeError(
+            f"creating the SparkContext for master {launch.master} failed: {e}\n"
+            f"--- last output ---\n{pump.tail()}") from e
+    # The Python executors run; pyspark would otherwise take "python3" from PATH.
+    sc.pythonExec = launch.python_exec
+    return OwnedSpark(sc, pump)
+
+
+def active_spark_context():
+    from pyspark import SparkContext
+    return SparkContext._active_spark_context
+
+
+def adopt_spark_submit_context():
+    """The context of the JVM spark-submit started for this program."""
+    from pyspark import SparkContext
+    return SparkContext.getOrCreate()
