@@ -141,7 +141,7 @@ def _start_owned(spec: ContextSpec, stack: contextlib.ExitStack, log_output: boo
         spec = spec.replace(penv_archive=pack_environment())
 
     launch = render_launch(spec, log_output=log_output)
-    if "spark.local.dir" not in spec.conf:
+    if spec.cluster_mode == "local" and "spark.local.dir" not in spec.conf:
         # The driver's scratch space lives in a dir of ours, removed at stop.
         local_dir = tempfile.mkdtemp(prefix="sparkorca-driver-")
         stack.callback(shutil.rmtree, local_dir, ignore_errors=True)

@@ -18,6 +18,9 @@ SHIPPED_PYTHON = f"./{ENV_ALIAS}/bin/python"
 LOCAL_STANDALONE_MASTER = "spark://127.0.0.1:<port chosen when the cluster starts>"
 # Executor-side module that forwards Python output to the driver (log_output).
 LOG_DAEMON_MODULE = "sparkorca_log_daemon"
+# Set in the cluster-side driver of a resubmitted program, which then adopts the
+# context spark-submit made instead of submitting again.
+SUBMITTED_ENV = "SPARKORCA_SUBMITTED"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +44,6 @@ class SparkLaunch:
         cmd = [spark_submit, "--master", self.master, "--deploy-mode", self.deploy_mode]
         for k, v in sorted(self.conf.items()):
             cmd += ["--conf", f"{k}={v}"]
-        if self.py_files:
-            cmd += ["--py-files", ",".join(self.py_files)]
         return cmd + [script, *script_args]
 
 
@@ -118,6 +119,9 @@ def render_launch(spec: ContextSpec, log_output: bool = False) -> SparkLaunch:
             # spark-submit starts the cluster-side driver with this Python.
             conf["spark.pyspark.python"] = python_exec
             conf["spark.pyspark.driver.python"] = python_exec
+            driver_env_prefix = ("spark.yarn.appMasterEnv." if mode.startswith("yarn")
+                                 else "spark.kubernetes.driverEnv.")
+            conf[driver_env_prefix + SUBMITTED_ENV] = "1"
         else:
             conf["spark.driver.host"] = spec.driver_host
             conf["spark.driver.bindAddress"] = spec.driver_host

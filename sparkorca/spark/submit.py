@@ -14,10 +14,8 @@ import sys
 from typing import Sequence
 
 from ..errors import InvalidArgumentError
-from .conf import SparkLaunch
+from .conf import SUBMITTED_ENV, SparkLaunch
 from .java import spark_submit
-
-SUBMITTED_ENV = "SPARKORCA_SUBMITTED"
 
 
 def running_resubmitted() -> bool:

@@ -1,0 +1,88 @@
+"""Shared fixtures: leak checks after every test, a real standalone cluster, a shipped env."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+import pytest
+
+from sparkorca import OrcaContext, stop_orca_context
+from sparkorca.spark.pyenv import pack_environment
+from sparkorca.spark.standalone import LocalStandaloneCluster
+
+# What identifies a process started by Spark or by us.
+ENGINE_MARKERS = ("org.apache.spark", "pyspark.daemon", "pyspark.worker",
+                  "sparkorca_log_daemon")
+TEMP_PATTERNS = ("spark-*", "sparkorca-*", "blockmgr-*", "pyspark-*")
+QUIET = {"spark.ui.showConsoleProgress": "false", "spark.ui.enabled": "false"}
+
+
+def engine_processes() -> dict:
+    found = {}
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if any(m in cmd for m in ENGINE_MARKERS):
+            found[p.info["pid"]] = cmd[:300]
+    return found
+
+
+def temp_entries() -> set:
+    root = tempfile.gettempdir()
+    return {os.path.join(root, n) for n in os.listdir(root)
+            if any(fnmatch.fnmatch(n, pat) for pat in TEMP_PATTERNS)}
+
+
+def leftovers(before_procs: dict, before_temps: set):
+    procs = {pid: cmd for pid, cmd in engine_processes().items() if pid not in before_procs}
+    temps = temp_entries() - before_temps
+    return procs, temps
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fail a test that leaves an engine process or temp dir behind (30 s grace)."""
+    before_procs, before_temps = engine_processes(), temp_entries()
+    yield
+    stop_orca_context()
+    OrcaContext.reset_flags()
+    deadline = time.monotonic() + 30
+    while True:
+        procs, temps = leftovers(before_procs, before_temps)
+        if not procs and not temps:
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)  # polling the process table until the deadline
+    pytest.fail(f"test left behind processes {procs} and temp entries {sorted(temps)}")
+
+
+@pytest.fixture(scope="session")
+def standalone_cluster():
+    """A real Spark standalone master and two 1-core workers on 127.0.0.1."""
+    cluster = LocalStandaloneCluster(num_workers=2, cores=1, memory_mb=1024).start()
+    yield cluster
+    cluster.stop()
+
+
+MARKER_MODULE = "sparkorca_shipped_marker"
+
+
+@pytest.fixture(scope="session")
+def small_env_archive(tmp_path_factory):
+    """A venv that holds a module found nowhere else, packed with venv-pack.
+
+    Executors need nothing else from it: Spark puts its own pyspark.zip on the
+    workers' PYTHONPATH.
+    """
+    root = tmp_path_factory.mktemp("penv")
+    prefix = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(prefix)], check=True)
+    site = next(prefix.glob("lib/python*/site-packages"))
+    (site / f"{MARKER_MODULE}.py").write_text("WHERE = 'inside the shipped archive'\n")
+    return pack_environment(str(prefix), output=str(root / "small-env.tar.gz"))

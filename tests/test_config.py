@@ -1,0 +1,122 @@
+"""Bad input is refused before anything starts, naming parameter, value and the fix."""
+
+import builtins
+
+import pytest
+
+from sparkorca import (InvalidArgumentError, OrcaContext, OrcaError, UnknownArgumentError,
+                       init_orca_context)
+from sparkorca.config import build_spec, parse_memory
+
+
+def _no_jvm():
+    from pyspark import SparkContext
+    return SparkContext._gateway is None and SparkContext._active_spark_context is None
+
+
+@pytest.mark.parametrize("kwargs, name, bad, accepted", [
+    (dict(cluster_mode="mesos"), "cluster_mode", "'mesos'", "local-cluster"),
+    (dict(memory="4gb"), "memory", "'4gb'", "'2g'"),
+    (dict(memory="-1g"), "memory", "'-1g'", "'2g'"),
+    (dict(memory="lots"), "memory", "'lots'", "'2g'"),
+    (dict(memory="0g"), "memory", "'0g'", "positive integer"),
+    (dict(cores=0), "cores", "0", "positive integer"),
+    (dict(cores=-2), "cores", "-2", "positive integer"),
+    (dict(cores=1.5), "cores", "1.5", "positive integer"),
+    (dict(cores=True), "cores", "True", "positive integer"),
+    (dict(num_nodes=0), "num_nodes", "0", "positive integer"),
+    (dict(runtime="dask"), "runtime", "'dask'", "one of spark, ray"),
+    (dict(driver_memory="2 GB"), "driver_memory", "'2 GB'", "'512m'"),
+    (dict(object_store_memory="2gb"), "object_store_memory", "'2gb'", "'2g'"),
+    (dict(extra_python_lib="/nonexistent/dep.py"), "extra_python_lib", "/nonexistent/dep.py",
+     "existing files"),
+    (dict(extra_python_lib="dep.txt"), "extra_python_lib", "dep.txt", ".py, .zip, .egg"),
+    (dict(penv_archive="/nonexistent/env.tar.gz"), "penv_archive", "/nonexistent/env.tar.gz",
+     "existing archive"),
+    (dict(cluster_mode="local", master="spark://h:7077"), "master", "spark://h:7077", "local["),
+    (dict(cluster_mode="standalone", master="yarn"), "master", "'yarn'", "spark://host:port"),
+    (dict(cluster_mode="k8s-client", container_image="img"), "master", "None", "k8s://"),
+    (dict(cluster_mode="k8s-cluster", master="k8s://https://1.2.3.4:6443"), "container_image",
+     "None", "Spark image"),
+])
+def test_bad_input_is_refused_before_anything_starts(kwargs, name, bad, accepted):
+    with pytest.raises(InvalidArgumentError) as err:
+        init_orca_context(**kwargs)
+    msg = str(err.value)
+    assert msg.startswith(name) or f"{name}=" in msg
+    assert bad.strip("'") in msg
+    assert accepted in msg
+    assert isinstance(err.value, ValueError) and isinstance(err.value, OrcaError)
+    assert _no_jvm()
+
+
+def test_yarn_without_hadoop_conf_is_refused(monkeypatch):
+    monkeypatch.delenv("HADOOP_CONF_DIR", raising=False)
+    with pytest.raises(InvalidArgumentError, match="hadoop_conf.*HADOOP_CONF_DIR"):
+        init_orca_context(cluster_mode="yarn-client")
+    with pytest.raises(InvalidArgumentError, match="hadoop_conf='/no/such/dir'.*existing"):
+        init_orca_context(cluster_mode="yarn", hadoop_conf="/no/such/dir")
+    assert _no_jvm()
+
+
+def test_unknown_kwargs_are_named():
+    with pytest.raises(UnknownArgumentError) as err:
+        init_orca_context(cores=1, exector_memory="2g", foo=1)
+    assert "exector_memory, foo" in str(err.value)
+    assert "extra_python_lib" in str(err.value)  # lists what is accepted
+    assert isinstance(err.value, TypeError)
+
+
+def test_error_classes_subclass_builtins():
+    from sparkorca import errors
+    assert issubclass(errors.StartupTimeoutError, builtins.TimeoutError)
+    assert issubclass(errors.OrcaRuntimeError, builtins.RuntimeError)
+    assert issubclass(errors.JavaError, errors.OrcaError)
+
+
+def test_memory_parsing():
+    assert parse_memory("memory", "2g") == 2 << 30
+    assert parse_memory("memory", "512M") == 512 << 20
+    assert parse_memory("memory", "1t") == 1 << 40
+
+
+def test_cluster_mode_resolution(monkeypatch):
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    monkeypatch.delenv("SPARKORCA_CLUSTER_MODE", raising=False)
+    assert build_spec().cluster_mode == "local"
+    monkeypatch.setenv("SPARKORCA_CLUSTER_MODE", "local-cluster")
+    assert build_spec().cluster_mode == "local-cluster"
+    monkeypatch.delenv("SPARKORCA_CLUSTER_MODE")
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "1234")
+    assert build_spec().cluster_mode == "spark-submit"
+    assert build_spec(cluster_mode="yarn", hadoop_conf="/").cluster_mode == "yarn-client"
+    assert build_spec(cluster_mode="k8s", master="k8s://https://a:1",
+                      container_image="i").cluster_mode == "k8s-client"
+
+
+@pytest.mark.parametrize("flag, good, bad, accepted", [
+    ("log_output", True, "yes", "True or False"),
+    ("barrier_mode", False, 1, "True or False"),
+    ("serialize_data_creator", True, None, "True or False"),
+    ("pandas_read_backend", "pandas", "polars", "'spark' or 'pandas'"),
+    ("train_data_store", "DISK_2", "DISK_0", "'DRAM' or 'DISK_n'"),
+    ("train_data_store", "DRAM", "SSD", "'DRAM' or 'DISK_n'"),
+    ("shard_size", 1000, 0, "positive integer or None"),
+])
+def test_flags_are_validated_on_assignment(flag, good, bad, accepted):
+    setattr(OrcaContext, flag, good)
+    assert getattr(OrcaContext, flag) == good
+    with pytest.raises(InvalidArgumentError) as err:
+        setattr(OrcaContext, flag, bad)
+    assert f"OrcaContext.{flag}={bad!r}" in str(err.value)
+    assert accepted in str(err.value)
+    assert getattr(OrcaContext, flag) == good  # a refused value changes nothing
+
+
+def test_flag_defaults():
+    assert OrcaContext.log_output is False
+    assert OrcaContext.barrier_mode is True
+    assert OrcaContext.serialize_data_creator is False
+    assert OrcaContext.pandas_read_backend == "spark"
+    assert OrcaContext.train_data_store == "DRAM"
+    assert OrcaContext.shard_size is None
