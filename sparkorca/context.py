@@ -142,10 +142,12 @@ def _start_owned(spec: ContextSpec, stack: contextlib.ExitStack, log_output: boo
 
     launch = render_launch(spec, log_output=log_output)
     if spec.cluster_mode == "local" and "spark.local.dir" not in spec.conf:
-        # The driver's scratch space lives in a dir of ours, removed at stop.
+        # The driver's scratch space lives in a dir of ours, removed at stop. The
+        # env var, unlike spark.local.dir, does not make Spark warn on every start.
         local_dir = tempfile.mkdtemp(prefix="sparkorca-driver-")
         stack.callback(shutil.rmtree, local_dir, ignore_errors=True)
-        launch = dataclasses.replace(launch, conf={**launch.conf, "spark.local.dir": local_dir})
+        launch = dataclasses.replace(
+            launch, driver_env={**launch.driver_env, "SPARK_LOCAL_DIRS": local_dir})
     sink = None
     if "spark.python.daemon.module" in launch.conf:
         sink = LogSink(spec.driver_host)

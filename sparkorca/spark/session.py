@@ -57,7 +57,7 @@ class OwnedSpark:
             self.pump.join()
 
 
-def end_gateway(gateway=None, timeout: float = 30.0, graceful: bool = True) -> None:
+def end_gateway(gateway=None, timeout: float = 30.0) -> None:
     """Shut the py4j gateway and end the JVM behind it; reset pyspark's globals."""
     from pyspark import SparkContext
     gateway = gateway or SparkContext._gateway
@@ -73,19 +73,18 @@ def end_gateway(gateway=None, timeout: float = 30.0, graceful: bool = True) -> N
         log.debug("gateway shutdown: %s", e)
     if proc is None:
         return
-    if graceful:
-        # The gateway JVM exits when its stdin closes; its shutdown hooks then
-        # remove Spark's temp dirs, which a kill would skip.
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            proc.wait(timeout)
-            return
-        except subprocess.TimeoutExpired:
-            log.warning("Spark driver JVM (pid %d) did not exit in %gs; killing it",
-                        proc.pid, timeout)
+    # The gateway JVM exits when its stdin closes; its shutdown hooks then remove
+    # Spark's temp dirs, which a kill would skip. Kill only if it hangs.
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout)
+        return
+    except subprocess.TimeoutExpired:
+        log.warning("Spark driver JVM (pid %d) did not exit in %gs; killing it",
+                    proc.pid, timeout)
     proc.kill()
     proc.wait(timeout)
 
@@ -120,14 +119,23 @@ def start_spark(launch: SparkLaunch, log_output: bool) -> OwnedSpark:
     try:
         sc = SparkContext(conf=conf, gateway=gateway, pyFiles=list(launch.py_files))
     except Exception as e:
-        end_gateway(gateway, graceful=False)
+        # Format first: a py4j error asks the JVM for its text, so the JVM must be up.
+        what = _describe(e)
+        end_gateway(gateway)
         pump.join()
         raise OrcaRuntimeError(
-            f"creating the SparkContext for master {launch.master} failed: {e}\n"
+            f"creating the SparkContext for master {launch.master} failed: {what}\n"
             f"--- last output ---\n{pump.tail()}") from e
     # The Python executors run; pyspark would otherwise take "python3" from PATH.
     sc.pythonExec = launch.python_exec
     return OwnedSpark(sc, pump)
+
+
+def _describe(e: Exception) -> str:
+    try:
+        return str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+    except Exception:
+        return repr(e)
 
 
 def active_spark_context():

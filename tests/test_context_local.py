@@ -1,0 +1,145 @@
+"""Real pyspark on local and local-cluster masters: lifecycle, adoption, flags, output."""
+
+import os
+import sys
+import warnings
+
+import pytest
+from conftest import QUIET
+
+from sparkorca import (NoContextError, OrcaContext, OrcaRuntimeError, init_orca_context,
+                       orca_context, stop_orca_context)
+
+
+def test_local_run_stop_and_init_again():
+    sc = init_orca_context(cluster_mode="local", cores=2, memory="1g", conf=QUIET)
+    assert sc.master == "local[2]"
+    assert sc.parallelize(range(100), 4).map(lambda x: x * 2).sum() == 9900
+    # executors run the driver's own interpreter, not whatever "python3" is on PATH
+    assert sc.parallelize([0], 1).map(lambda _: __import__("sys").executable).first() == \
+        sys.executable
+    gateway_pid = sc._gateway.proc.pid
+    stop_orca_context()
+    stop_orca_context()  # twice is harmless
+    import psutil
+    assert not psutil.pid_exists(gateway_pid), "the driver JVM outlived stop_orca_context"
+    with pytest.raises(NoContextError, match="init_orca_context"):
+        OrcaContext.get_spark_context()
+    sc = init_orca_context(cluster_mode="local", cores=1, conf=QUIET)
+    assert sc.parallelize([1, 2, 3]).count() == 3
+    assert OrcaContext.get_spark_context() is sc
+    df = OrcaContext.get_spark_session().range(10)
+    assert df.count() == 10
+
+
+def test_local_cluster_executors_are_separate_processes():
+    with orca_context(cluster_mode="local-cluster", num_nodes=2, cores=1, memory="1g",
+                      conf=QUIET) as sc:
+        assert sc.master == "local-cluster[2,1,1024]"
+        pids = sc.parallelize(range(4), 4).map(lambda _: os.getppid()).distinct().collect()
+        assert os.getpid() not in pids
+    assert OrcaContext.__class__  # the with block stopped it:
+    with pytest.raises(NoContextError):
+        OrcaContext.get_spark_context()
+
+
+def test_conf_and_env_reach_driver_and_executors():
+    sc = init_orca_context(cluster_mode="local-cluster", num_nodes=1, cores=1, memory="1g",
+                           conf={**QUIET, "spark.sql.shuffle.partitions": 3},
+                           env={"SPARKORCA_TEST_SETTING": "on"})
+    assert sc.getConf().get("spark.sql.shuffle.partitions") == "3"
+    assert os.environ["SPARKORCA_TEST_SETTING"] == "on"
+    seen = sc.parallelize([0], 1).map(
+        lambda _: __import__("os").environ.get("SPARKORCA_TEST_SETTING")).first()
+    assert seen == "on"
+    stop_orca_context()
+    assert "SPARKORCA_TEST_SETTING" not in os.environ  # restored at stop
+
+
+def test_extra_python_lib_reaches_local_executors(tmp_path):
+    lib = tmp_path / "sparkorca_extra_lib_mod.py"
+    lib.write_text("def hello():\n    return 'from extra_python_lib'\n")
+    sc = init_orca_context(cluster_mode="local-cluster", num_nodes=1, cores=1, memory="1g",
+                           extra_python_lib=str(lib), conf=QUIET)
+    out = sc.parallelize([0], 1).map(
+        lambda _: __import__("sparkorca_extra_lib_mod").hello()).first()
+    assert out == "from extra_python_lib"
+
+
+def test_existing_context_is_adopted_with_a_warning_and_not_reconfigured():
+    from pyspark import SparkConf, SparkContext
+    own = SparkContext(conf=SparkConf().setMaster("local[1]").setAll(QUIET.items()))
+    try:
+        with pytest.warns(UserWarning, match="adopting the SparkContext"):
+            sc = init_orca_context(cluster_mode="local", cores=2, memory="3g")
+        assert sc is own
+        assert sc.master == "local[1]"  # not silently reconfigured to local[2]
+        with pytest.warns(UserWarning, match="already running"):
+            assert init_orca_context() is own
+        stop_orca_context()
+        assert SparkContext._active_spark_context is own  # we did not start it
+    finally:
+        own.stop()
+        from sparkorca.spark.session import end_gateway
+        end_gateway()
+
+
+def test_log_output_shows_executor_prints_and_logs_in_driver_stdout(capsys):
+    OrcaContext.log_output = True
+
+    def shout(_):
+        import logging
+        print("EXECUTOR-PRINT-MARKER")
+        logging.getLogger("sparkorca-test").warning("EXECUTOR-LOG-MARKER")
+        yield 1
+
+    for mode in ("local", "local-cluster"):
+        sc = init_orca_context(cluster_mode=mode, cores=1, num_nodes=1, memory="1g",
+                               conf=QUIET)
+        assert sc.parallelize([0], 1).mapPartitions(shout).collect() == [1]
+        stop_orca_context()  # joins the output pumps: everything is flushed
+        out = capsys.readouterr().out
+        assert "EXECUTOR-PRINT-MARKER" in out, mode
+        assert "EXECUTOR-LOG-MARKER" in out, mode
+
+
+def test_without_log_output_executor_prints_stay_out_of_driver_stdout(capsys):
+    sc = init_orca_context(cluster_mode="local-cluster", cores=1, memory="1g", conf=QUIET)
+    sc.parallelize([0], 1).foreach(lambda _: print("QUIET-EXECUTOR-MARKER"))
+    stop_orca_context()
+    assert "QUIET-EXECUTOR-MARKER" not in capsys.readouterr().out
+
+
+def test_setting_log_output_after_init_warns():
+    init_orca_context(cluster_mode="local", cores=1, conf=QUIET)
+    with pytest.warns(UserWarning, match="takes effect at the next init_orca_context"):
+        OrcaContext.log_output = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        OrcaContext.barrier_mode = False  # other flags do not warn
+
+
+def test_failed_start_reports_the_jvm_output_and_leaves_nothing():
+    with pytest.raises(OrcaRuntimeError) as err:
+        # user conf passes through unvalidated, so the JVM itself refuses this heap size
+        init_orca_context(cluster_mode="local", cores=1, conf={"spark.driver.memory": "lots"})
+    assert "Invalid maximum heap size" in str(err.value)  # the tail of the JVM's own output
+    from pyspark import SparkContext
+    assert SparkContext._gateway is None
+    # and the next start works
+    sc = init_orca_context(cluster_mode="local", cores=1, conf=QUIET)
+    assert sc.parallelize([1]).count() == 1
+
+
+def test_ray_context_is_a_clear_error_until_ray_exists():
+    init_orca_context(cluster_mode="local", cores=1, conf=QUIET)
+    with pytest.raises(NoContextError, match="init_ray_on_spark"):
+        OrcaContext.get_ray_context()
+
+
+def test_failed_context_creation_ends_the_jvm_it_started():
+    with pytest.raises(OrcaRuntimeError, match="creating the SparkContext") as err:
+        init_orca_context(cluster_mode="local", master="local[many]", conf=QUIET)
+    assert "local[many]" in str(err.value)
+    from pyspark import SparkContext
+    assert SparkContext._gateway is None
