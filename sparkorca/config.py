@@ -221,9 +221,6 @@ class ContextSpec:
     def replace(self, **changes) -> "ContextSpec":
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 # The keyword arguments init_orca_context takes besides its named parameters.
 KWARG_NAMES = tuple(
@@ -292,10 +289,23 @@ def build_spec(cluster_mode=None, runtime="spark", cores=None, memory="2g", num_
         system_config=_str_dict("system_config", kwargs.get("system_config")),
         address=kwargs.get("address"),
     )
+    if mode.startswith("yarn") and spec.hadoop_conf is None:
+        spec = spec.replace(hadoop_conf=os.environ.get("HADOOP_CONF_DIR"))
     _check_mode_requirements(spec)
-    if spec.cluster_mode.startswith(("yarn", "k8s")):
+    if _driver_is_remote_reachable(spec):
         spec = spec.replace(driver_host=node_ip())
     return spec
+
+
+def _driver_is_remote_reachable(spec: ContextSpec) -> bool:
+    """Whether executors on other machines must call back to the driver."""
+    mode = spec.cluster_mode
+    if mode.startswith(("yarn", "k8s")):
+        return True
+    if mode == "standalone" and spec.master:
+        host = spec.master[len("spark://"):].split(",")[0].rsplit(":", 1)[0]
+        return host not in ("127.0.0.1", "localhost")
+    return False
 
 
 def _check_mode_requirements(spec: ContextSpec) -> None:
@@ -314,7 +324,7 @@ def _check_mode_requirements(spec: ContextSpec) -> None:
     if mode.startswith("yarn"):
         if master not in (None, "yarn"):
             raise InvalidArgumentError("master", master, "None or 'yarn' for YARN modes")
-        hadoop_conf = spec.hadoop_conf or os.environ.get("HADOOP_CONF_DIR")
+        hadoop_conf = spec.hadoop_conf
         if not hadoop_conf:
             raise InvalidArgumentError(
                 "hadoop_conf", None, "the Hadoop configuration directory for YARN modes",
@@ -377,9 +387,3 @@ class Flags:
         if name == "shard_size":
             return _positive_int(f"OrcaContext.{name}", value, allow_none=True)
         raise AttributeError(name)
-
-    @property
-    def disk_store_fraction(self) -> Optional[int]:
-        """n of train_data_store "DISK_n", or None for "DRAM"."""
-        m = self._STORE_RE.match(self._values["train_data_store"])
-        return int(m.group(1)) if m else None

@@ -7,12 +7,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 import psutil
 import pytest
 
-from sparkorca import OrcaContext, stop_orca_context
+from sparkorca import OrcaContext, StartupTimeoutError, stop_orca_context
+from sparkorca._wait import wait_for
 from sparkorca.spark.pyenv import pack_environment
 from sparkorca.spark.standalone import LocalStandaloneCluster
 
@@ -51,15 +51,12 @@ def no_leaks():
     yield
     stop_orca_context()
     OrcaContext.reset_flags()
-    deadline = time.monotonic() + 30
-    while True:
+    try:
+        wait_for(lambda: not any(leftovers(before_procs, before_temps)), 30,
+                 "engine processes and temp dirs of the test to go away")
+    except StartupTimeoutError:
         procs, temps = leftovers(before_procs, before_temps)
-        if not procs and not temps:
-            return
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.2)  # polling the process table until the deadline
-    pytest.fail(f"test left behind processes {procs} and temp entries {sorted(temps)}")
+        pytest.fail(f"test left behind processes {procs} and temp entries {sorted(temps)}")
 
 
 @pytest.fixture(scope="session")

@@ -165,3 +165,17 @@ def test_log_output_sets_the_forwarding_daemon_off_local():
 def test_no_secret_or_token_in_rendered_conf():
     launch = render_launch(ContextSpec(cluster_mode="local-cluster"), log_output=True)
     assert not any("TOKEN" in k.upper() or "SECRET" in k.upper() for k in launch.conf)
+
+
+def test_standalone_driver_binds_the_node_address_for_a_remote_master(monkeypatch):
+    monkeypatch.setenv("SPARKORCA_NODE_IP", "10.0.0.9")
+    remote = render_conf(cluster_mode="standalone", master="spark://10.0.0.5:7077").conf
+    assert remote["spark.driver.host"] == remote["spark.driver.bindAddress"] == "10.0.0.9"
+    local = render_conf(cluster_mode="standalone", master="spark://127.0.0.1:7077").conf
+    assert local["spark.driver.host"] == "127.0.0.1"
+
+
+def test_hadoop_conf_dir_from_the_environment(tmp_path, monkeypatch, archive):
+    monkeypatch.setenv("HADOOP_CONF_DIR", str(tmp_path))
+    launch = render_conf(cluster_mode="yarn-client", penv_archive=archive)
+    assert launch.driver_env["HADOOP_CONF_DIR"] == str(tmp_path)

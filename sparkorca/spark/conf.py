@@ -134,7 +134,7 @@ def render_launch(spec: ContextSpec, log_output: bool = False) -> SparkLaunch:
             conf["spark.yarn.appMasterEnv.PYSPARK_PYTHON"] = python_exec
 
     if mode.startswith("yarn"):
-        env["HADOOP_CONF_DIR"] = spec.hadoop_conf or ""
+        env["HADOOP_CONF_DIR"] = spec.hadoop_conf
         if spec.hadoop_user_name:
             env["HADOOP_USER_NAME"] = spec.hadoop_user_name
             conf["spark.executorEnv.HADOOP_USER_NAME"] = spec.hadoop_user_name
