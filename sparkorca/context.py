@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import dataclasses
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -127,6 +128,7 @@ def _start_owned(spec: ContextSpec, stack: contextlib.ExitStack, log_output: boo
     from .spark.conf import needs_packed_env, render_launch
     from .spark.logs import LogSink, log_daemon_source
     from .spark.pyenv import pack_environment
+    from .spark.java import spark_home
     from .spark.standalone import LocalStandaloneCluster
 
     standalone = None
@@ -141,27 +143,41 @@ def _start_owned(spec: ContextSpec, stack: contextlib.ExitStack, log_output: boo
         spec = spec.replace(penv_archive=pack_environment())
 
     launch = render_launch(spec, log_output=log_output)
-    if spec.cluster_mode == "local" and "spark.local.dir" not in spec.conf:
-        # The driver's scratch space lives in a dir of ours, removed at stop. The
-        # env var, unlike spark.local.dir, does not make Spark warn on every start.
-        local_dir = tempfile.mkdtemp(prefix="sparkorca-driver-")
-        stack.callback(shutil.rmtree, local_dir, ignore_errors=True)
+    if spec.is_local:
+        # Local modes write scratch files (block managers, shuffle) into a dir of
+        # ours, removed at stop. The env var, unlike spark.local.dir, does not make
+        # Spark warn on every start.
+        scratch = tempfile.mkdtemp(prefix="sparkorca-driver-")
+        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
         launch = dataclasses.replace(
-            launch, driver_env={**launch.driver_env, "SPARK_LOCAL_DIRS": local_dir})
+            launch, driver_env={**launch.driver_env, "SPARK_LOCAL_DIRS": scratch})
     sink = None
     if "spark.python.daemon.module" in launch.conf:
         sink = LogSink(spec.driver_host)
         stack.callback(sink.stop)
     stack.enter_context(session.temporary_environ(spec.env))
 
+    app_work_dirs = []
+    stack.callback(_remove_app_work_dirs, app_work_dirs)  # runs after Spark has stopped
     owned = session.start_spark(launch, log_output)
     stack.callback(owned.stop)
+    if launch.master.startswith("local-cluster"):
+        # local-cluster's in-JVM workers ignore SPARK_WORKER_DIR: executors work in
+        # SPARK_HOME/work/<application id>, which nothing else would remove.
+        app_work_dirs.append(os.path.join(spark_home(), "work", owned.sc.applicationId))
     if sink is not None:
         owned.sc.addFile(log_daemon_source())
         # Sent to executors inside each task, never through Spark conf.
         owned.sc.environment.update(sink.worker_env())
     return _Running(spec=spec, sc=owned.sc, stack=stack, log_output=log_output,
                     launch=launch, standalone=standalone)
+
+
+def _remove_app_work_dirs(dirs: list) -> None:
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(d))  # the work dir itself, if we were its only user
 
 
 def _adopt_submitted(spec: ContextSpec) -> _Running:

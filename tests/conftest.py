@@ -13,6 +13,7 @@ import pytest
 
 from sparkorca import OrcaContext, StartupTimeoutError, stop_orca_context
 from sparkorca._wait import wait_for
+from sparkorca.spark.java import spark_home
 from sparkorca.spark.pyenv import pack_environment
 from sparkorca.spark.standalone import LocalStandaloneCluster
 
@@ -34,8 +35,13 @@ def engine_processes() -> dict:
 
 def temp_entries() -> set:
     root = tempfile.gettempdir()
-    return {os.path.join(root, n) for n in os.listdir(root)
-            if any(fnmatch.fnmatch(n, pat) for pat in TEMP_PATTERNS)}
+    found = {os.path.join(root, n) for n in os.listdir(root)
+             if any(fnmatch.fnmatch(n, pat) for pat in TEMP_PATTERNS)}
+    # Spark's default work dir for local-cluster executors is inside the install.
+    work = os.path.join(spark_home(), "work")
+    if os.path.isdir(work):
+        found |= {os.path.join(work, n) for n in os.listdir(work)}
+    return found
 
 
 def leftovers(before_procs: dict, before_temps: set):
