@@ -21,7 +21,7 @@ import warnings
 from typing import Optional
 
 from .config import ContextSpec, Flags, build_spec, parse_memory
-from .errors import NoContextError, OrcaRuntimeError
+from .errors import NoContextError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class _Running:
     log_output: bool = False
     launch: object = None
     standalone: object = None
+    ray: object = None  # sparkorca.ray.RayContext, once Ray is started
 
 
 _running: Optional[_Running] = None
@@ -81,18 +82,55 @@ def init_orca_context(cluster_mode=None, runtime="spark", cores=None, memory="2g
     global _running
     spec = build_spec(cluster_mode, runtime, cores, memory, num_nodes, init_ray_on_spark,
                       **kwargs)
-    if spec.runtime == "ray" or spec.init_ray_on_spark:
-        raise OrcaRuntimeError(
-            "RayOnSpark (init_ray_on_spark=True) and runtime='ray' are not available in this "
-            "version of sparkorca; start with runtime='spark' and init_ray_on_spark=False")
     with _lock:
         if _running is not None:
-            warnings.warn("init_orca_context: a context is already running; returning its "
-                          "SparkContext unchanged (call stop_orca_context() first to "
-                          "start a different one)", stacklevel=2)
-            return _running.sc
+            warnings.warn("init_orca_context: a context is already running; returning it "
+                          "unchanged (call stop_orca_context() first to start a different "
+                          "one)", stacklevel=2)
+            return _running.ray if _running.sc is None else _running.sc
+        if spec.runtime == "ray":
+            _running = _start_ray_only(spec)
+            return _running.ray
         _running = _start(spec)
         return _running.sc
+
+
+def _start_ray_only(spec: ContextSpec) -> _Running:
+    from .ray import RayContext
+    from .ray.local import LocalRay
+    backend = LocalRay(spec)
+    stack = contextlib.ExitStack()
+    stack.callback(backend.stop)
+    try:
+        backend.start()
+    except BaseException:
+        stack.close()
+        raise
+    return _Running(spec=spec, sc=None, stack=stack, ray=RayContext(backend))
+
+
+def _plan_ray(spec: ContextSpec, master: str, conf: dict):
+    """Size Ray against the Spark application; raises before anything waits."""
+    from .ray.sizing import plan_ray, spark_capacity
+    return plan_ray(spec, spark_capacity(master, conf), barrier=_flags.get("barrier_mode"),
+                    driver_memory=conf.get("spark.driver.memory"))
+
+
+def _start_ray_on(running: _Running, plan=None) -> None:
+    """Start RayOnSpark on a running Spark context (adopted, or lazily on demand)."""
+    from .ray import RayContext
+    from .ray.cluster import RayOnSpark
+    sc = running.sc
+    plan = plan or _plan_ray(running.spec, sc.master, dict(sc.getConf().getAll()))
+    cluster = RayOnSpark(running.spec, plan)
+    running.stack.callback(cluster.stop)
+    try:
+        cluster.start_head()
+        cluster.attach(sc)
+    except BaseException:
+        cluster.stop()
+        raise
+    running.ray = RayContext(cluster)
 
 
 def _start(spec: ContextSpec) -> _Running:
@@ -105,10 +143,11 @@ def _start(spec: ContextSpec) -> _Running:
             f"init_orca_context: adopting the SparkContext already running in this process "
             f"(master {existing.master}); its configuration is kept and the arguments given "
             "here are not applied. stop_orca_context() will leave it running.", stacklevel=3)
-        return _Running(spec=spec, sc=existing, stack=contextlib.ExitStack(), adopted=True)
+        running = _Running(spec=spec, sc=existing, stack=contextlib.ExitStack(), adopted=True)
+        return _with_ray_if_asked(running)
     if spec.cluster_mode == "spark-submit" or (spec.is_cluster_deploy
                                                and submit.running_resubmitted()):
-        return _adopt_submitted(spec)
+        return _with_ray_if_asked(_adopt_submitted(spec))
 
     from .spark.java import check_java
     check_java()
@@ -123,6 +162,16 @@ def _start(spec: ContextSpec) -> _Running:
         raise
 
 
+def _with_ray_if_asked(running: _Running) -> _Running:
+    if running.spec.init_ray_on_spark:
+        try:
+            _start_ray_on(running)
+        except BaseException:
+            running.stack.close()
+            raise
+    return running
+
+
 def _start_owned(spec: ContextSpec, stack: contextlib.ExitStack, log_output: bool) -> _Running:
     from .spark import session
     from .spark.conf import needs_packed_env, render_launch
@@ -130,6 +179,13 @@ def _start_owned(spec: ContextSpec, stack: contextlib.ExitStack, log_output: boo
     from .spark.pyenv import pack_environment
     from .spark.java import spark_home
     from .spark.standalone import LocalStandaloneCluster
+
+    ray_cluster = None
+    if spec.init_ray_on_spark:
+        from .ray.cluster import RayOnSpark
+        planned = render_launch(spec)  # pure: the sizes Spark will have
+        ray_cluster = RayOnSpark(spec, _plan_ray(spec, planned.master, planned.conf))
+        stack.callback(ray_cluster.stop)
 
     standalone = None
     if spec.cluster_mode == "standalone" and spec.master is None:
@@ -159,6 +215,8 @@ def _start_owned(spec: ContextSpec, stack: contextlib.ExitStack, log_output: boo
 
     app_work_dirs = []
     stack.callback(_remove_app_work_dirs, app_work_dirs)  # runs after Spark has stopped
+    if ray_cluster is not None:
+        ray_cluster.start_head()  # comes up while the Spark driver JVM starts
     owned = session.start_spark(launch, log_output)
     stack.callback(owned.stop)
     if launch.master.startswith("local-cluster"):
@@ -169,8 +227,14 @@ def _start_owned(spec: ContextSpec, stack: contextlib.ExitStack, log_output: boo
         owned.sc.addFile(log_daemon_source())
         # Sent to executors inside each task, never through Spark conf.
         owned.sc.environment.update(sink.worker_env())
+    ray_ctx = None
+    if ray_cluster is not None:
+        from .ray import RayContext
+        stack.callback(ray_cluster.stop)  # Ray stops before Spark does
+        ray_cluster.attach(owned.sc)
+        ray_ctx = RayContext(ray_cluster)
     return _Running(spec=spec, sc=owned.sc, stack=stack, log_output=log_output,
-                    launch=launch, standalone=standalone)
+                    launch=launch, standalone=standalone, ray=ray_ctx)
 
 
 def _remove_app_work_dirs(dirs: list) -> None:
@@ -220,7 +284,7 @@ def stop_orca_context() -> None:
         if running is None:
             return
         if running.adopted:
-            log.info("leaving the adopted SparkContext running")
+            log.info("leaving the adopted SparkContext running (Ray, if started, stops)")
         running.stack.close()
 
 
@@ -282,7 +346,11 @@ class OrcaContext(metaclass=_OrcaContextMeta):
     @staticmethod
     def get_spark_context():
         """The running context's SparkContext."""
-        return _require_running().sc
+        running = _require_running()
+        if running.sc is None:
+            raise NoContextError("this context runs runtime='ray' and has no Spark; start "
+                                 "it with runtime='spark' to use Spark")
+        return running.sc
 
     @staticmethod
     def get_spark_session():
@@ -293,11 +361,13 @@ class OrcaContext(metaclass=_OrcaContextMeta):
 
     @staticmethod
     def get_ray_context():
-        """The Ray context of the running context."""
-        _require_running()
-        raise NoContextError(
-            "no Ray context: RayOnSpark (init_ray_on_spark=True) is not available in this "
-            "version of sparkorca")
+        """The Ray context of the running context, started on demand (as Orca did)
+        when the context was created without init_ray_on_spark=True."""
+        with _lock:
+            running = _require_running()
+            if running.ray is None or not running.ray.is_initialized:
+                _start_ray_on(running)
+            return running.ray
 
     @staticmethod
     def reset_flags() -> None:

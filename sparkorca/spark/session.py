@@ -138,6 +138,11 @@ def _describe(e: Exception) -> str:
         return repr(e)
 
 
+def registered_executors(sc) -> int:
+    """Executors registered with the driver right now (the driver not counted)."""
+    return sc._jsc.sc().getExecutorIds().size()
+
+
 def active_spark_context():
     from pyspark import SparkContext
     return SparkContext._active_spark_context

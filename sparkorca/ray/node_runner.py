@@ -1,0 +1,181 @@
+"""Supervisor of one Ray node (head or raylet): ``python -m sparkorca.ray.node_runner``.
+
+It reads its configuration as one JSON line on stdin (so the auth token is in
+neither a command line nor Spark conf), runs ``ray start --block`` in a process
+group of its own, prints ``READY`` or ``FAILED <why>`` once, and then keeps the
+node alive until one of:
+
+- its owner process exits (the executor JVM for a raylet, the driver for the
+  head), watched through a pidfd, so no polling;
+- its stdin reaches EOF before the launcher sent ``DETACH`` (the Spark task that
+  started it failed or was killed, e.g. a barrier stage attempt that lost a peer);
+- SIGTERM (stop_orca_context, or its parent dying: PR_SET_PDEATHSIG);
+- the Ray node itself exits.
+
+Then it stops the node's whole process group (Ray's own SIGTERM handling leaves
+gcs_server/raylet behind), kills any straggler descendant, and removes the node's
+temp dir (sessions, sockets, logs, spilled objects). Imports only the standard
+library and psutil: it must start fast inside a Spark task.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+READY = "READY"
+FAILED = "FAILED"
+DETACH = "DETACH"
+READY_MARKER = "Ray runtime started."
+RUNNER_PID_ENV = "SPARKORCA_RAY_RUNNER_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def _kill_with_parent():
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _tail(path, lines=100):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:]).rstrip()
+    except OSError as e:
+        return f"(no log: {e})"
+
+
+def _log_has(path, marker):
+    try:
+        with open(path, errors="replace") as f:
+            return marker in f.read()
+    except OSError:
+        return False
+
+
+def _stop_group(proc, grace):
+    """Stop the node's process group: SIGTERM, then SIGKILL what is left.
+
+    Only a worker node's raylet is worth waiting for (up to ``grace`` seconds):
+    on SIGTERM it unregisters from the GCS, so the node shows as dead at once.
+    gcs_server and ``ray start --block`` ignore SIGTERM in practice, and a head's
+    raylet has no one left to tell, so the head uses no grace at all.
+    """
+    try:
+        tree = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    _signal_all(proc.pid, tree, signal.SIGTERM)
+    if grace > 0:
+        psutil.wait_procs([p for p in tree if _name(p) == "raylet"], timeout=grace)
+    _signal_all(proc.pid, tree, signal.SIGKILL)
+    psutil.wait_procs(tree, timeout=10)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _name(p):
+    try:
+        return p.name()
+    except psutil.Error:
+        return ""
+
+
+def _signal_all(pgid, tree, sig):
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+    for p in tree:  # descendants that left the group (setsid) still get the signal
+        try:
+            p.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _wait_ready(proc, log_path, timeout):
+    """Deadline-bounded wait for ray start to report the node up (or to die)."""
+    deadline = time.monotonic() + timeout
+    interval = 0.02
+    while time.monotonic() < deadline:
+        if _log_has(log_path, READY_MARKER):
+            return None
+        if proc.poll() is not None:
+            return f"ray start exited with code {proc.returncode}"
+        time.sleep(interval)  # poll interval of the readiness check
+        interval = min(interval * 1.5, 0.25)
+    return f"ray start did not report '{READY_MARKER}' within {timeout:g}s"
+
+
+def main():
+    cfg = json.loads(sys.stdin.readline())
+    temp_dir = cfg["temp_dir"]
+    log_path = os.path.join(temp_dir, "ray-start.log")
+    stop_read, stop_write = os.pipe()
+    signal.signal(signal.SIGTERM, lambda *_: os.write(stop_write, b"x"))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    env = {**os.environ, **cfg["env"], RUNNER_PID_ENV: str(os.getpid())}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cfg["argv"], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                preexec_fn=_kill_with_parent)
+    try:
+        owner_fd = os.pidfd_open(cfg["owner_pid"])
+    except (ProcessLookupError, OSError) as e:
+        owner_fd = None
+        why = f"owner process {cfg['owner_pid']} is gone ({e})"
+    else:
+        why = _wait_ready(proc, log_path, cfg["ready_timeout"])
+    out = sys.stdout
+    if why:
+        out.write(f"{FAILED} {json.dumps({'why': why, 'tail': _tail(log_path)})}\n")
+        out.flush()
+        _stop_group(proc, cfg["stop_grace"])
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        return 1
+    out.write(f"{READY}\n")
+    out.flush()
+    # Nothing more goes to the launcher; a closed pipe must not kill us.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+
+    node_fd = os.pidfd_open(proc.pid)
+    poller = select.poll()
+    for fd in (owner_fd, node_fd, stop_read, 0):
+        poller.register(fd, select.POLLIN | select.POLLHUP)
+    attached = True
+    stdin = os.fdopen(0, "rb", buffering=0)
+    reason = None
+    while reason is None:
+        for fd, _ in poller.poll():
+            if fd == owner_fd:
+                reason = "owner exited"
+            elif fd == node_fd:
+                reason = "the Ray node exited"
+            elif fd == stop_read:
+                reason = "asked to stop"
+            elif fd == 0:
+                data = stdin.read(64)
+                if not data:
+                    poller.unregister(0)
+                    if attached:
+                        reason = "the launching task ended before detaching"
+                elif DETACH.encode() in data:
+                    attached = False
+    _stop_group(proc, cfg["stop_grace"])
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
