@@ -58,11 +58,14 @@ def doctor() -> int:
 
 
 def demo(cores: int) -> int:
-    """Start a local context, run a distributed job on it, stop it."""
-    from .demos import spark_pi
+    """Run the parameter-server demo on a local context with Ray inside Spark."""
+    if _dist_version(("ray",)) is None:
+        print("sparkorca demo runs Ray inside Spark and needs Ray: pip install 'sparkorca[ray]'",
+              file=sys.stderr)
+        return 1
+    from .demos import parameter_server
     start = time.monotonic()
-    result = spark_pi(cores=cores)
-    print(result)
+    print(parameter_server(cores=cores))
     print(f"demo finished in {time.monotonic() - start:.1f}s; nothing left running")
     return 0
 
@@ -71,7 +74,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sparkorca", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help="check Java, Spark, Ray, TensorFlow and PyTorch")
-    d = sub.add_parser("demo", help="run the demo on a local context")
+    d = sub.add_parser("demo", help="run the parameter-server demo (Ray inside local Spark)")
     d.add_argument("--cores", type=int, default=2)
     sub.add_parser("version", help="print the version")
     args = parser.parse_args(argv)

@@ -180,6 +180,10 @@ def _start_owned(spec: ContextSpec, stack: contextlib.ExitStack, log_output: boo
     from .spark.java import spark_home
     from .spark.standalone import LocalStandaloneCluster
 
+    from ._reaper import Reaper
+    reaper = Reaper()  # removes what the steps below leave if this process is killed
+    stack.callback(reaper.close)
+
     ray_cluster = None
     if spec.init_ray_on_spark:
         from .ray.cluster import RayOnSpark
@@ -194,6 +198,9 @@ def _start_owned(spec: ContextSpec, stack: contextlib.ExitStack, log_output: boo
             memory_mb=parse_memory("memory", spec.memory) >> 20)
         stack.callback(standalone.stop)
         standalone.start()
+        reaper.remove_on_crash(standalone.root)
+        for pid in standalone.pids():
+            reaper.wait_for_on_crash(pid)
         spec = spec.replace(master=standalone.master_url)
     if needs_packed_env(spec):
         spec = spec.replace(penv_archive=pack_environment())
@@ -205,6 +212,7 @@ def _start_owned(spec: ContextSpec, stack: contextlib.ExitStack, log_output: boo
         # Spark warn on every start.
         scratch = tempfile.mkdtemp(prefix="sparkorca-driver-")
         stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+        reaper.remove_on_crash(scratch)
         launch = dataclasses.replace(
             launch, driver_env={**launch.driver_env, "SPARK_LOCAL_DIRS": scratch})
     sink = None
@@ -219,10 +227,12 @@ def _start_owned(spec: ContextSpec, stack: contextlib.ExitStack, log_output: boo
         ray_cluster.start_head()  # comes up while the Spark driver JVM starts
     owned = session.start_spark(launch, log_output)
     stack.callback(owned.stop)
+    reaper.wait_for_on_crash(owned.gateway_pid)
     if launch.master.startswith("local-cluster"):
         # local-cluster's in-JVM workers ignore SPARK_WORKER_DIR: executors work in
         # SPARK_HOME/work/<application id>, which nothing else would remove.
         app_work_dirs.append(os.path.join(spark_home(), "work", owned.sc.applicationId))
+        reaper.remove_on_crash(app_work_dirs[-1])
     if sink is not None:
         owned.sc.addFile(log_daemon_source())
         # Sent to executors inside each task, never through Spark conf.

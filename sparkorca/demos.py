@@ -2,35 +2,46 @@
 
 from __future__ import annotations
 
-import random
+import time
 
 
-def _inside(n: int) -> int:
-    rng = random.Random(n)
-    return sum(1 for _ in range(n) if rng.random() ** 2 + rng.random() ** 2 <= 1.0)
+def parameter_server(cores: int = 2, iterations: int = 20) -> str:
+    """The RayOnSpark quick start: a parameter server actor and two async workers,
+    on a Ray cluster inside a local Spark application."""
+    import numpy as np
+    import ray
 
-
-def spark_pi(cores: int = 2, samples: int = 2_000_000) -> str:
-    """Estimate pi on a local context, and report where the executors ran Python."""
     from . import OrcaContext, orca_context
 
-    with orca_context(cluster_mode="local", cores=cores, memory="1g",
+    with orca_context(cluster_mode="local", cores=cores, memory="2g", init_ray_on_spark=True,
                       conf={"spark.ui.showConsoleProgress": False}) as sc:
-        parts = max(2, cores * 2)
-        per_part = samples // parts
+        ray_ctx = OrcaContext.get_ray_context()
+        dim = 10
 
-        def count(index, _):
-            import os
-            import sys
-            yield _inside(per_part + index), (os.getpid(), sys.executable)
+        @ray.remote
+        class ParameterServer:
+            def __init__(self, dim):
+                self.parameters = np.zeros(dim)
 
-        results = sc.parallelize(range(parts), parts).mapPartitionsWithIndex(count).collect()
-        hits = sum(r[0] for r in results)
-        pids = sorted({r[1][0] for r in results})
-        pythons = sorted({r[1][1] for r in results})
-        total = sum(per_part + i for i in range(parts))
-        session = OrcaContext.get_spark_session()
-        rows = session.range(0, 1000).selectExpr("sum(id) AS s").collect()[0]["s"]
-        return (f"master {sc.master}: pi ~= {4.0 * hits / total:.4f} from {total} samples in "
-                f"{parts} partitions on Python workers {pids} ({', '.join(pythons)}); "
-                f"Spark SQL sum(0..999) = {rows}")
+            def get_parameters(self):
+                return self.parameters
+
+            def update_parameters(self, update):
+                self.parameters += update
+
+        @ray.remote
+        def worker(ps, dim, num_iters):
+            for _ in range(num_iters):
+                parameters = ray.get(ps.get_parameters.remote())
+                update = 1e-3 * parameters + np.ones(dim)
+                ray.get(ps.update_parameters.remote(update))
+                time.sleep(0.01)  # a little simulated work
+
+        ps = ParameterServer.remote(dim)
+        ray.get(worker.remote(ps, dim, 1))
+        ray.get([worker.remote(ps, dim, iterations) for _ in range(2)])
+        params = ray.get(ps.get_parameters.remote())
+        spark_sum = sc.parallelize(range(1000), 4).sum()
+        return (f"Ray cluster {ray_ctx.redis_address} inside Spark {sc.master}: "
+                f"{len(ray.nodes())} nodes; parameters after {2 * iterations + 1} async updates "
+                f"= {np.round(params[:3], 4).tolist()}...; Spark sum(0..999) = {spark_sum}")

@@ -19,14 +19,17 @@ from sparkorca.spark.standalone import LocalStandaloneCluster
 
 # What identifies a process started by Spark or by us.
 ENGINE_MARKERS = ("org.apache.spark", "pyspark.daemon", "pyspark.worker",
-                  "sparkorca_log_daemon")
-TEMP_PATTERNS = ("spark-*", "sparkorca-*", "blockmgr-*", "pyspark-*")
+                  "sparkorca_log_daemon", "sparkorca.ray.node_runner", "sparkorca._reaper", "/site-packages/ray/",
+                  "ray.scripts.scripts", "ray.util.client", "ray::")
+TEMP_PATTERNS = ("spark-*", "sparkorca-*", "blockmgr-*", "pyspark-*", "ray", "ray_*")
 QUIET = {"spark.ui.showConsoleProgress": "false", "spark.ui.enabled": "false"}
 
 
 def engine_processes() -> dict:
     found = {}
-    for p in psutil.process_iter(["pid", "cmdline"]):
+    for p in psutil.process_iter(["pid", "cmdline", "status"]):
+        if p.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
         cmd = " ".join(p.info["cmdline"] or [])
         if any(m in cmd for m in ENGINE_MARKERS):
             found[p.info["pid"]] = cmd[:300]

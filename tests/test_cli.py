@@ -38,8 +38,9 @@ def test_doctor_says_what_is_missing(tmp_path):
     assert "Java       MISSING" in out.stdout and "install Java 17" in out.stdout
 
 
-def test_demo_runs_on_local_mode():
-    out = _run("demo", "--cores", "1")
+def test_demo_runs_the_parameter_server_on_local_mode():
+    out = _run("demo", "--cores", "2")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "master local[1]: pi ~= 3.1" in out.stdout
-    assert "Spark SQL sum(0..999) = 499500" in out.stdout
+    assert "inside Spark local[2]: 2 nodes" in out.stdout  # the head and one raylet
+    assert "parameters after 41 async updates" in out.stdout
+    assert "Spark sum(0..999) = 499500" in out.stdout
