@@ -131,10 +131,15 @@ def test_failed_start_reports_the_jvm_output_and_leaves_nothing():
     assert sc.parallelize([1]).count() == 1
 
 
-def test_ray_context_is_a_clear_error_until_ray_exists():
-    init_orca_context(cluster_mode="local", cores=1, conf=QUIET)
-    with pytest.raises(NoContextError, match="init_ray_on_spark"):
-        OrcaContext.get_ray_context()
+def test_get_ray_context_starts_ray_on_demand_and_stop_ends_it():
+    import ray
+    sc = init_orca_context(cluster_mode="local", cores=1, conf=QUIET)
+    ray_ctx = OrcaContext.get_ray_context()  # Orca's lazy start on the running app
+    assert ray.get(ray.remote(lambda: 7).remote()) == 7
+    assert OrcaContext.get_ray_context() is ray_ctx
+    ray_ctx.stop()  # Ray only: Spark goes on
+    assert not ray.is_initialized()
+    assert sc.parallelize([1, 2]).count() == 2
 
 
 def test_failed_context_creation_ends_the_jvm_it_started():

@@ -1,0 +1,37 @@
+"""RLlib PPO on CartPole with a learning-rate grid search, on Ray inside Spark
+(the Databricks article's example). Slow; not part of the default test run.
+
+    pip install 'ray[rllib]' torch
+    python examples/rllib_ppo_cartpole.py [--cluster-mode local-cluster]
+"""
+import argparse
+
+from ray import tune
+from ray.rllib.algorithms.ppo import PPOConfig
+
+from sparkorca import init_orca_context, stop_orca_context
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cluster-mode", default="local")
+    ap.add_argument("--target-reward", type=float, default=200.0)
+    args = ap.parse_args()
+    init_orca_context(cluster_mode=args.cluster_mode, cores=4 if args.cluster_mode == "local"
+                      else 2, num_nodes=2, memory="2g", init_ray_on_spark=True)
+    try:
+        config = (PPOConfig().environment("CartPole-v1")
+                  .env_runners(num_env_runners=1)
+                  .training(lr=tune.grid_search([0.01, 0.001, 0.0001])))
+        tuner = tune.Tuner(
+            "PPO", param_space=config,
+            run_config=tune.RunConfig(stop={
+                "env_runners/episode_return_mean": args.target_reward}))
+        best = tuner.fit().get_best_result(metric="env_runners/episode_return_mean", mode="max")
+        print("best lr:", best.config["lr"])
+    finally:
+        stop_orca_context()
+
+
+if __name__ == "__main__":
+    main()
