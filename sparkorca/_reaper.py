@@ -10,7 +10,6 @@ exit, so nothing writes into the paths any more, then removes them.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess

@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Dict, List
 
+from .._process import tail_file
 from ..errors import OrcaRuntimeError, StartupTimeoutError
 from .node_runner import DETACH, FAILED, READY
 
@@ -129,15 +130,7 @@ def wait_ready(node: RunningNode, extra: float = 10.0) -> None:
         node.stop()
         raise OrcaRuntimeError(f"{node.what} failed to start: {info['why']}\n"
                                f"--- last output of ray start ---\n{info['tail']}")
-    runner_tail = _read(os.path.join(node.temp_dir, "runner.log"))
+    runner_tail = tail_file(os.path.join(node.temp_dir, "runner.log"))
     node.stop()
     raise OrcaRuntimeError(f"{node.what}: its supervisor exited unexpectedly\n"
                            f"--- last output ---\n{runner_tail}")
-
-
-def _read(path: str, lines: int = 100) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:]).rstrip()
-    except OSError:
-        return "(no output)"

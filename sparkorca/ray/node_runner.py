@@ -15,7 +15,7 @@ node alive until one of:
 Then it stops the node's whole process group (Ray's own SIGTERM handling leaves
 gcs_server/raylet behind), kills any straggler descendant, and removes the node's
 temp dir (sessions, sockets, logs, spilled objects). Imports only the standard
-library and psutil: it must start fast inside a Spark task.
+library, psutil and sparkorca's small helpers: it must start fast inside a Spark task.
 """
 
 from __future__ import annotations
@@ -27,37 +27,18 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
+
+from .._process import die_with_parent, tail_file
+from .._wait import wait_for
+from ..errors import OrcaRuntimeError, StartupTimeoutError
 
 READY = "READY"
 FAILED = "FAILED"
 DETACH = "DETACH"
 READY_MARKER = "Ray runtime started."
 RUNNER_PID_ENV = "SPARKORCA_RAY_RUNNER_PID"
-_PR_SET_PDEATHSIG = 1
-
-
-def _kill_with_parent():
-    import ctypes
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def _tail(path, lines=100):
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:]).rstrip()
-    except OSError as e:
-        return f"(no log: {e})"
-
-
-def _log_has(path, marker):
-    try:
-        with open(path, errors="replace") as f:
-            return marker in f.read()
-    except OSError:
-        return False
 
 
 def _stop_group(proc, grace):
@@ -102,18 +83,24 @@ def _signal_all(pgid, tree, sig):
             pass
 
 
+def _log_has(path, marker):
+    try:
+        with open(path, errors="replace") as f:
+            return marker in f.read()
+    except OSError:
+        return False
+
+
 def _wait_ready(proc, log_path, timeout):
-    """Deadline-bounded wait for ray start to report the node up (or to die)."""
-    deadline = time.monotonic() + timeout
-    interval = 0.02
-    while time.monotonic() < deadline:
-        if _log_has(log_path, READY_MARKER):
-            return None
-        if proc.poll() is not None:
-            return f"ray start exited with code {proc.returncode}"
-        time.sleep(interval)  # poll interval of the readiness check
-        interval = min(interval * 1.5, 0.25)
-    return f"ray start did not report '{READY_MARKER}' within {timeout:g}s"
+    """None once ray start reports the node up, else why it did not."""
+    try:
+        wait_for(lambda: _log_has(log_path, READY_MARKER), timeout,
+                 f"ray start to report '{READY_MARKER}'",
+                 failed=lambda: None if proc.poll() is None
+                 else f"ray start exited with code {proc.returncode}")
+        return None
+    except (OrcaRuntimeError, StartupTimeoutError) as e:
+        return str(e)
 
 
 def main():
@@ -128,7 +115,7 @@ def main():
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cfg["argv"], stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                preexec_fn=_kill_with_parent)
+                                preexec_fn=die_with_parent)
     try:
         owner_fd = os.pidfd_open(cfg["owner_pid"])
     except (ProcessLookupError, OSError) as e:
@@ -138,7 +125,7 @@ def main():
         why = _wait_ready(proc, log_path, cfg["ready_timeout"])
     out = sys.stdout
     if why:
-        out.write(f"{FAILED} {json.dumps({'why': why, 'tail': _tail(log_path)})}\n")
+        out.write(f"{FAILED} {json.dumps({'why': why, 'tail': tail_file(log_path)})}\n")
         out.flush()
         _stop_group(proc, cfg["stop_grace"])
         shutil.rmtree(temp_dir, ignore_errors=True)

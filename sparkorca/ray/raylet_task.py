@@ -6,7 +6,6 @@ by the node_runner process), only pyspark, psutil and sparkorca's launcher.
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import psutil
