@@ -261,3 +261,33 @@ def test_a_node_that_fails_to_start_reports_its_output_and_leaves_nothing():
     assert "failed to start" in msg and "no-such-ray-option" in msg  # ray start's own words
     from pyspark import SparkContext
     assert SparkContext._gateway is None
+
+
+def test_runtime_ray_connects_to_an_existing_cluster(monkeypatch):
+    """address=... joins a running Ray cluster, authenticated by the caller's token."""
+    import ray
+    from sparkorca.config import node_ip
+    from sparkorca.ray.cluster import auth_env
+    from sparkorca.ray.launch import free_port, node_temp_dir, start_node, wait_ready
+    host, token = node_ip(), "b" * 64
+    port = free_port(host)
+    head = start_node({"head": True, "port": port, "node_ip_address": host, "num_cpus": 1,
+                       "include_dashboard": "false", "disable_usage_stats": True,
+                       "ray_client_server_port": free_port(host),
+                       "dashboard_agent_listen_port": free_port(host)},
+                      auth_env(token), owner_pid=os.getpid(), ready_timeout=60,
+                      what="a Ray head for the test", temp_dir=node_temp_dir("test", "head"),
+                      stop_grace=0)
+    try:
+        wait_ready(head)
+        for k, v in auth_env(token).items():
+            monkeypatch.setenv(k, v)
+        from sparkorca.ray.cluster import refresh_ray_auth
+        refresh_ray_auth()
+        ctx = init_orca_context(runtime="ray", address=f"{host}:{port}")
+        assert ctx.address_info["gcs_address"] == f"{host}:{port}"
+        assert ray.get(ray.remote(lambda: "joined").remote()) == "joined"
+        stop_orca_context()  # disconnects; the cluster is not ours to stop
+        assert head.proc.poll() is None
+    finally:
+        head.stop()
