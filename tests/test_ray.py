@@ -268,13 +268,13 @@ def test_runtime_ray_connects_to_an_existing_cluster(monkeypatch):
     import ray
     from sparkorca.config import node_ip
     from sparkorca.ray.cluster import auth_env
-    from sparkorca.ray.launch import free_port, node_temp_dir, start_node, wait_ready
+    from sparkorca.ray.launch import free_ports, node_temp_dir, start_node, wait_ready
     host, token = node_ip(), "b" * 64
-    port = free_port(host)
+    port, client_port, agent_port = free_ports(3)
     head = start_node({"head": True, "port": port, "node_ip_address": host, "num_cpus": 1,
                        "include_dashboard": "false", "disable_usage_stats": True,
-                       "ray_client_server_port": free_port(host),
-                       "dashboard_agent_listen_port": free_port(host)},
+                       "ray_client_server_port": client_port,
+                       "dashboard_agent_listen_port": agent_port},
                       auth_env(token), owner_pid=os.getpid(), ready_timeout=60,
                       what="a Ray head for the test", temp_dir=node_temp_dir("test", "head"),
                       stop_grace=0)

@@ -21,7 +21,7 @@ from typing import List, Optional
 from .._wait import wait_for
 from ..config import ContextSpec, node_ip
 from ..errors import OrcaRuntimeError, StartupTimeoutError
-from .launch import RunningNode, free_port, node_temp_dir, start_node, wait_ready
+from .launch import RunningNode, free_ports, node_temp_dir, start_node, wait_ready
 from .node_runner import RUNNER_PID_ENV
 from .sizing import RayPlan
 
@@ -87,18 +87,17 @@ class RayOnSpark:
     # -- head -------------------------------------------------------------
     def start_head(self) -> None:
         """Launch the head's runner; returns at once (call from a long-lived thread)."""
-        port = free_port(self.host)
+        port, agent_port, client_port, dash_port = free_ports(4)
         self.gcs_address = f"{self.host}:{port}"
         options = {
             "head": True, "port": port, "node_ip_address": self.host,
             "num_cpus": 0, "num_gpus": 0, "object_store_memory": self.plan.head_object_store,
             "include_dashboard": "true" if self.plan.include_webui else "false",
-            "dashboard_agent_listen_port": free_port(self.host),
-            "ray_client_server_port": free_port(self.host),
+            "dashboard_agent_listen_port": agent_port,
+            "ray_client_server_port": client_port,
             "node_name": f"{self.node_prefix}-head", "disable_usage_stats": True,
         }
         if self.plan.include_webui:
-            dash_port = free_port(self.host)
             options.update(dashboard_host=self.host, dashboard_port=dash_port)
             self.webui_url = f"http://{self.host}:{dash_port}"
         if self.spec.system_config:

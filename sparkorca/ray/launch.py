@@ -28,11 +28,25 @@ def node_temp_dir(cluster_id: str, node: str) -> str:
     return os.path.join("/tmp", f"{TEMP_PREFIX}{cluster_id}-{node}")
 
 
-def free_port(host: str) -> int:
-    """A port the kernel just handed out on ``host`` (closed again for Ray to bind)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> List[int]:
+    """``count`` distinct ports that are free on every address of this machine.
+
+    The probes bind the wildcard address: Ray's agents bind a port on the node
+    address *and* on 127.0.0.1, so a port free on one but held on the other (the
+    Spark driver's loopback ports, say) would fail them. All probes stay open
+    until every port is picked, so no port is handed out twice. The sockets are
+    closed before Ray binds, so only a brief race with unrelated programs remains.
+    """
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind(("", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def ray_start_argv(options: Dict[str, object]) -> List[str]:

@@ -11,7 +11,7 @@ from typing import Optional
 import psutil
 
 from ..config import node_ip
-from .launch import free_port, node_temp_dir, start_node, wait_ready
+from .launch import free_ports, node_temp_dir, start_node, wait_ready
 
 
 def executor_jvm() -> psutil.Process:
@@ -48,7 +48,7 @@ def raylet_options(cfg: dict, host: str, exec_id: str, gpus: int) -> dict:
         "address": cfg["gcs_address"], "node_ip_address": host,
         "num_cpus": cfg["num_cpus"], "num_gpus": gpus,
         "object_store_memory": cfg["object_store_memory"],
-        "dashboard_agent_listen_port": free_port(host),
+        "dashboard_agent_listen_port": free_ports(1)[0],
         "node_name": f"{cfg['node_prefix']}-executor-{exec_id}",
         "disable_usage_stats": True, **cfg["extra_params"]}
 
