@@ -217,7 +217,9 @@ def test_two_programs_at_once_get_separate_clusters():
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-4000:]
-        results.append(json.loads(out.strip().splitlines()[-1]))
+        line = [x for x in out.splitlines() if x.startswith('{"gcs"')]  # Ray may print after
+        assert line, out[-3000:]
+        results.append(json.loads(line[-1]))
     assert results[0]["gcs"] != results[1]["gcs"]
     assert results[0]["dir"] != results[1]["dir"]
     assert [r["sum"] for r in results] == [190, 190]
