@@ -116,12 +116,12 @@ def _plan_ray(spec: ContextSpec, master: str, conf: dict):
                     driver_memory=conf.get("spark.driver.memory"))
 
 
-def _start_ray_on(running: _Running, plan=None) -> None:
+def _start_ray_on(running: _Running) -> None:
     """Start RayOnSpark on a running Spark context (adopted, or lazily on demand)."""
     from .ray import RayContext
     from .ray.cluster import RayOnSpark
     sc = running.sc
-    plan = plan or _plan_ray(running.spec, sc.master, dict(sc.getConf().getAll()))
+    plan = _plan_ray(running.spec, sc.master, dict(sc.getConf().getAll()))
     cluster = RayOnSpark(running.spec, plan)
     running.stack.callback(cluster.stop)
     try:
@@ -180,15 +180,16 @@ def _start_owned(spec: ContextSpec, stack: contextlib.ExitStack, log_output: boo
     from .spark.java import spark_home
     from .spark.standalone import LocalStandaloneCluster
 
+    ray_cluster = None
+    if spec.init_ray_on_spark:  # validated against the sizes Spark will have: pure
+        from .ray.cluster import RayOnSpark
+        planned = render_launch(spec)
+        ray_cluster = RayOnSpark(spec, _plan_ray(spec, planned.master, planned.conf))
+
     from ._reaper import Reaper
     reaper = Reaper()  # removes what the steps below leave if this process is killed
     stack.callback(reaper.close)
-
-    ray_cluster = None
-    if spec.init_ray_on_spark:
-        from .ray.cluster import RayOnSpark
-        planned = render_launch(spec)  # pure: the sizes Spark will have
-        ray_cluster = RayOnSpark(spec, _plan_ray(spec, planned.master, planned.conf))
+    if ray_cluster is not None:
         stack.callback(ray_cluster.stop)
 
     standalone = None
