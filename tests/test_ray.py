@@ -94,12 +94,18 @@ def test_executor_loss_kills_its_raylet_and_is_reported():
     assert all(n["resources"]["CPU"] == 1 for n in raylets)
 
     @ray.remote(num_cpus=1)
-    def node_of_task():
-        import time as t
-        t.sleep(0.5)
-        return ray.get_runtime_context().get_node_id()
+    class Holder:  # holds its CPU while alive: two of them need both 1-CPU raylets
+        def node(self):
+            return ray.get_runtime_context().get_node_id()
 
-    assert len(set(ray.get([node_of_task.remote() for _ in range(4)]))) == 2
+    holders = [Holder.remote() for _ in range(2)]
+    assert len(set(ray.get([h.node.remote() for h in holders]))) == 2
+    for h in holders:
+        ray.kill(h)
+
+    @ray.remote(num_cpus=1)
+    def node_of_task():
+        return ray.get_runtime_context().get_node_id()
 
     backend = running_context().ray._backend
     victim = backend.raylets[0]
