@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import secrets
@@ -101,7 +102,6 @@ class RayOnSpark:
             options.update(dashboard_host=self.host, dashboard_port=dash_port)
             self.webui_url = f"http://{self.host}:{dash_port}"
         if self.spec.system_config:
-            import json
             options["system_config"] = json.dumps(self.spec.system_config)
         options.update(self.spec.extra_params)
         self.head = start_node(options, self.env, owner_pid=os.getpid(),
@@ -111,16 +111,14 @@ class RayOnSpark:
         if self.plan.local:
             # The one executor of a local master is the driver JVM: its raylet needs
             # no Spark task, and `ray start` waits for the GCS, so both start now.
-            from .raylet_task import raylet_options
+            from .raylet_task import raylet_options, raylet_record
             options = raylet_options(self._raylet_cfg(), self.host, "driver", 0)
             self.local_raylet = start_node(
                 options, self.env, owner_pid=os.getpid(), ready_timeout=START_TIMEOUT,
                 what="the raylet of the local Spark executor (the driver)",
                 temp_dir=node_temp_dir(self.cluster_id, "driver"))
-            self.raylets = [{"partition": 0, "executor_id": "driver", "host": self.host,
-                             "executor_pid": None, "runner_pid": self.local_raylet.runner_pid,
-                             "temp_dir": self.local_raylet.temp_dir,
-                             "node_name": options["node_name"]}]
+            self.raylets = [raylet_record(0, "driver", self.host, None, self.local_raylet,
+                                          options)]
         self._nodes_thread = threading.Thread(target=self._wait_driver_nodes,
                                               name="sparkorca-ray-head", daemon=True)
         self._nodes_thread.start()
@@ -203,10 +201,8 @@ class RayOnSpark:
     def _wait_for_nodes(self) -> None:
         n = self.plan.num_ray_nodes
 
-        job_running = lambda: self._job_thread is not None and self._job_thread.is_alive()  # noqa
-
         def all_registered():
-            if job_running() or self._job_error is not None:
+            if self._job_running() or self._job_error is not None:
                 return False
             names = {r["node_name"] for r in self.raylets}
             return len(names) == n and names <= self._alive_names()
@@ -220,7 +216,7 @@ class RayOnSpark:
             registered = sorted(x for x in self._alive_names() if "-executor-" in x)
             return (f"raylets registered with the GCS at {self.gcs_address}: "
                     f"{registered or 'none'} of {n}; the raylet job is "
-                    f"{'still running' if job_running() else 'not running'}")
+                    f"{'still running' if self._job_running() else 'not running'}")
 
         try:
             wait_for(all_registered, START_TIMEOUT,
@@ -229,6 +225,9 @@ class RayOnSpark:
         except (OrcaRuntimeError, StartupTimeoutError):
             self._cancel_job()
             raise
+
+    def _job_running(self) -> bool:
+        return self._job_thread is not None and self._job_thread.is_alive()
 
     # -- queries ----------------------------------------------------------
     def nodes(self) -> List[dict]:
@@ -250,8 +249,7 @@ class RayOnSpark:
 
     # -- stop -------------------------------------------------------------
     def _cancel_job(self) -> None:
-        if self._sc is not None and self._job_thread is not None \
-                and self._job_thread.is_alive():
+        if self._sc is not None and self._job_running():
             with contextlib.suppress(Exception):
                 self._sc.cancelJobGroup(self._job_group)
             self._job_thread.join(60)

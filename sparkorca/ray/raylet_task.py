@@ -71,6 +71,11 @@ def start_raylet(cfg: dict, partition: int, _rows):
     if cfg["barrier"]:
         ctx.barrier()  # every raylet is up: only now may they outlive their tasks
     node.detach()
-    yield {"partition": partition, "executor_id": exec_id, "host": host,
-           "executor_pid": jvm.pid, "runner_pid": node.runner_pid,
-           "temp_dir": node.temp_dir, "node_name": options["node_name"]}
+    yield raylet_record(partition, exec_id, host, jvm.pid, node, options)
+
+
+def raylet_record(partition, exec_id, host, executor_pid, node, options) -> dict:
+    """What the driver keeps about one started raylet."""
+    return {"partition": partition, "executor_id": exec_id, "host": host,
+            "executor_pid": executor_pid, "runner_pid": node.runner_pid,
+            "temp_dir": node.temp_dir, "node_name": options["node_name"]}
