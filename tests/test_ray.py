@@ -278,7 +278,8 @@ def test_runtime_ray_connects_to_an_existing_cluster(monkeypatch):
     import ray
     from sparkorca.config import node_ip
     from sparkorca.ray.cluster import auth_env
-    from sparkorca.ray.launch import free_ports, node_temp_dir, start_node, wait_ready
+    from sparkorca._process import wait_ready
+    from sparkorca.ray.launch import free_ports, node_temp_dir, start_node
     host, token = node_ip(), "b" * 64
     port, client_port, agent_port = free_ports(3)
     head = start_node({"head": True, "port": port, "node_ip_address": host, "num_cpus": 1,

@@ -5,7 +5,7 @@ from pyspark.resource import ResourceInformation
 
 from sparkorca import InvalidArgumentError
 from sparkorca.config import build_spec
-from sparkorca.ray.raylet_task import gpu_env
+from sparkorca.spark.executor import gpu_env
 from sparkorca.ray.sizing import MIN_OBJECT_STORE, plan_ray, spark_capacity
 
 

@@ -85,7 +85,7 @@ def connect(**ray_init_kwargs) -> None:
         return
     from .cluster import ADDRESS_ENV, CLUSTER_ENV, refresh_ray_auth
     from .launch import node_temp_dir
-    from .raylet_task import executor_id
+    from ..spark.executor import executor_id
     address = os.environ.get(ADDRESS_ENV)
     if not address:
         raise NoContextError(

@@ -22,7 +22,8 @@ from typing import List, Optional
 from .._wait import wait_for
 from ..config import ContextSpec, node_ip
 from ..errors import OrcaRuntimeError, StartupTimeoutError
-from .launch import RunningNode, free_ports, node_temp_dir, start_node, wait_ready
+from .._process import RunningNode, wait_ready
+from .launch import free_ports, node_temp_dir, start_node
 from .node_runner import RUNNER_PID_ENV
 from .sizing import RayPlan
 
@@ -149,19 +150,14 @@ class RayOnSpark:
         if self._driver_nodes_error is not None:
             raise self._driver_nodes_error
         if not self.plan.local:
-            self._wait_for_executors(sc)
+            from ..spark.session import wait_for_executors
+            wait_for_executors(sc, self.plan.num_ray_nodes, START_TIMEOUT,
+                               "starting raylets on them")
             self._launch_raylets(sc)
         self._connect_driver()
         self._wait_for_nodes()
         sc.environment.update({ADDRESS_ENV: self.gcs_address, CLUSTER_ENV: self.cluster_id,
                                **auth_env(self.token)})
-
-    def _wait_for_executors(self, sc) -> None:
-        from ..spark.session import registered_executors
-        need = self.plan.num_ray_nodes
-        wait_for(lambda: registered_executors(sc) >= need, START_TIMEOUT,
-                 f"{need} Spark executor(s) to register with the driver before starting "
-                 f"raylets on them (registered so far: {registered_executors(sc)})")
 
     def _launch_raylets(self, sc) -> None:
         from .raylet_task import start_raylet

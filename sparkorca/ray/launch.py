@@ -4,20 +4,15 @@ head (on the driver) and the raylets (inside Spark tasks).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import select
-import shutil
 import socket
 import subprocess
 import sys
-import time
 from typing import Dict, List
 
-from .._process import tail_file
-from ..errors import OrcaRuntimeError, StartupTimeoutError
-from .node_runner import DETACH, FAILED, READY
+from .._process import RunningNode
+from ..errors import OrcaRuntimeError
 
 TEMP_PREFIX = "sparkorca-ray-"
 
@@ -60,41 +55,6 @@ def ray_start_argv(options: Dict[str, object]) -> List[str]:
     return argv
 
 
-@dataclasses.dataclass
-class RunningNode:
-    """A started node_runner; ``temp_dir`` holds the node's session and logs."""
-
-    proc: subprocess.Popen
-    temp_dir: str
-    what: str
-    ready_timeout: float
-
-    @property
-    def runner_pid(self) -> int:
-        return self.proc.pid
-
-    def detach(self) -> None:
-        """Let the node outlive the process that launched it (a Spark task)."""
-        self.proc.stdin.write(f"{DETACH}\n".encode())
-        self.proc.stdin.flush()
-        self.proc.stdin.close()
-
-    def terminate(self) -> None:
-        """Ask the runner to stop its node (see ``stop`` to also wait for it)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the runner and wait: it stops the node and removes its temp dir."""
-        self.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
 def start_node(options: Dict[str, object], env: Dict[str, str], owner_pid: int,
                ready_timeout: float, what: str, temp_dir: str,
                stop_grace: float = 3.0) -> RunningNode:
@@ -119,32 +79,3 @@ def start_node(options: Dict[str, object], env: Dict[str, str], owner_pid: int,
     proc.stdin.write((json.dumps(cfg) + "\n").encode())
     proc.stdin.flush()
     return RunningNode(proc, temp_dir, what, ready_timeout)
-
-
-def wait_ready(node: RunningNode, extra: float = 10.0) -> None:
-    """Block until the runner says READY; raise with the node's log tail otherwise."""
-    deadline = time.monotonic() + node.ready_timeout + extra
-    line = b""
-    while not line.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        ready, _, _ = select.select([node.proc.stdout], [], [], max(0.0, left))
-        if not ready:
-            node.stop()
-            raise StartupTimeoutError(f"timed out waiting for {node.what} to start")
-        chunk = node.proc.stdout.read1(4096)
-        if not chunk:
-            break
-        line += chunk
-    text = line.decode(errors="replace").strip()
-    if text == READY:
-        node.proc.stdout.close()
-        return
-    if text.startswith(FAILED):
-        info = json.loads(text[len(FAILED):])
-        node.stop()
-        raise OrcaRuntimeError(f"{node.what} failed to start: {info['why']}\n"
-                               f"--- last output of ray start ---\n{info['tail']}")
-    runner_tail = tail_file(os.path.join(node.temp_dir, "runner.log"))
-    node.stop()
-    raise OrcaRuntimeError(f"{node.what}: its supervisor exited unexpectedly\n"
-                           f"--- last output ---\n{runner_tail}")

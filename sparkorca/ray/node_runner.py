@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -30,13 +29,10 @@ import sys
 
 import psutil
 
-from .._process import die_with_parent, tail_file
+from .._process import FAILED, READY, die_with_parent, tail_file, wait_until_released
 from .._wait import wait_for
 from ..errors import OrcaRuntimeError, StartupTimeoutError
 
-READY = "READY"
-FAILED = "FAILED"
-DETACH = "DETACH"
 READY_MARKER = "Ray runtime started."
 RUNNER_PID_ENV = "SPARKORCA_RAY_RUNNER_PID"
 
@@ -116,13 +112,9 @@ def main():
         proc = subprocess.Popen(cfg["argv"], stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True,
                                 preexec_fn=die_with_parent)
-    try:
-        owner_fd = os.pidfd_open(cfg["owner_pid"])
-    except (ProcessLookupError, OSError) as e:
-        owner_fd = None
-        why = f"owner process {cfg['owner_pid']} is gone ({e})"
-    else:
-        why = _wait_ready(proc, log_path, cfg["ready_timeout"])
+    why = (None if psutil.pid_exists(cfg["owner_pid"])
+           else f"owner process {cfg['owner_pid']} is gone")
+    why = why or _wait_ready(proc, log_path, cfg["ready_timeout"])
     out = sys.stdout
     if why:
         out.write(f"{FAILED} {json.dumps({'why': why, 'tail': tail_file(log_path)})}\n")
@@ -137,28 +129,8 @@ def main():
     os.dup2(devnull, 1)
 
     node_fd = os.pidfd_open(proc.pid)
-    poller = select.poll()
-    for fd in (owner_fd, node_fd, stop_read, 0):
-        poller.register(fd, select.POLLIN | select.POLLHUP)
-    attached = True
-    stdin = os.fdopen(0, "rb", buffering=0)
-    reason = None
-    while reason is None:
-        for fd, _ in poller.poll():
-            if fd == owner_fd:
-                reason = "owner exited"
-            elif fd == node_fd:
-                reason = "the Ray node exited"
-            elif fd == stop_read:
-                reason = "asked to stop"
-            elif fd == 0:
-                data = stdin.read(64)
-                if not data:
-                    poller.unregister(0)
-                    if attached:
-                        reason = "the launching task ended before detaching"
-                elif DETACH.encode() in data:
-                    attached = False
+    wait_until_released(cfg["owner_pid"], {node_fd: "the Ray node exited",
+                                           stop_read: "asked to stop"})
     _stop_group(proc, cfg["stop_grace"])
     shutil.rmtree(temp_dir, ignore_errors=True)
     return 0

@@ -143,6 +143,16 @@ def registered_executors(sc) -> int:
     return sc._jsc.sc().getExecutorIds().size()
 
 
+def wait_for_executors(sc, need: int, timeout: float, purpose: str) -> None:
+    """Block until ``need`` executors have registered (none needed on local masters)."""
+    from .._wait import wait_for
+    if sc.master.startswith("local[") or sc.master == "local":
+        return
+    wait_for(lambda: registered_executors(sc) >= need, timeout,
+             f"{need} Spark executor(s) to register with the driver before {purpose} "
+             f"(registered so far: {registered_executors(sc)})")
+
+
 def active_spark_context():
     from pyspark import SparkContext
     return SparkContext._active_spark_context
