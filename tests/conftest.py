@@ -19,7 +19,8 @@ from sparkorca.spark.standalone import LocalStandaloneCluster
 
 # What identifies a process started by Spark or by us.
 ENGINE_MARKERS = ("org.apache.spark", "pyspark.daemon", "pyspark.worker",
-                  "sparkorca_log_daemon", "sparkorca.ray.node_runner", "sparkorca._reaper", "/site-packages/ray/",
+                  "sparkorca_log_daemon", "sparkorca.ray.node_runner", "sparkorca._reaper",
+                  "sparkorca.cluster.node", "tensorboard.main", "/site-packages/ray/",
                   "ray.scripts.scripts", "ray.util.client", "ray::")
 TEMP_PATTERNS = ("spark-*", "sparkorca-*", "blockmgr-*", "pyspark-*", "ray", "ray_*")
 QUIET = {"spark.ui.showConsoleProgress": "false", "spark.ui.enabled": "false"}

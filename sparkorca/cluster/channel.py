@@ -1,0 +1,143 @@
+"""Authenticated message channel of a TFCluster: driver <-> nodes, feeders <-> nodes.
+
+Both ends prove they hold the cluster's secret before anything else is read
+(mutual HMAC-SHA256 challenge-response over fresh nonces), and then exchange
+length-prefixed JSON messages. Nothing read from a peer is ever unpickled before
+that peer has authenticated; the driver never unpickles anything at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import socket
+import struct
+import threading
+from typing import Optional
+
+from ..errors import OrcaRuntimeError
+
+_NONCE = 32
+_LEN = struct.Struct("!I")
+MAX_MESSAGE = 64 << 20  # an unauthenticated peer must not make us allocate more
+
+
+class AuthenticationError(OrcaRuntimeError, ConnectionError):
+    """The peer did not prove it holds the cluster secret."""
+
+
+def _mac(secret: bytes, label: bytes, *parts: bytes) -> bytes:
+    return hmac.new(secret, label + b"".join(parts), hashlib.sha256).digest()
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"connection closed by the peer ({len(buf)} of {n} bytes read)")
+        buf += chunk
+    return bytes(buf)
+
+
+class Channel:
+    """One authenticated connection; ``send``/``recv`` carry JSON-able objects."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        # Reads go through one buffered reader, so messages and the Arrow streams
+        # between them are read from the same buffer.
+        self.rfile = sock.makefile("rb")
+        self._send_lock = threading.Lock()
+
+    # The server side speaks first, so a client that cannot answer learns nothing.
+    @classmethod
+    def accept(cls, sock: socket.socket, secret: bytes, timeout: float = 10.0) -> "Channel":
+        sock.settimeout(timeout)
+        server_nonce = os.urandom(_NONCE)
+        sock.sendall(server_nonce)
+        reply = recv_exact(sock, _NONCE + 32)
+        client_nonce, proof = reply[:_NONCE], reply[_NONCE:]
+        if not hmac.compare_digest(proof, _mac(secret, b"client", server_nonce, client_nonce)):
+            raise AuthenticationError("peer failed to authenticate with the cluster secret")
+        sock.sendall(_mac(secret, b"server", client_nonce, server_nonce))
+        sock.settimeout(None)
+        return cls(sock)
+
+    @classmethod
+    def connect(cls, sock: socket.socket, secret: bytes, timeout: float = 10.0) -> "Channel":
+        sock.settimeout(timeout)
+        server_nonce = recv_exact(sock, _NONCE)
+        client_nonce = os.urandom(_NONCE)
+        sock.sendall(client_nonce + _mac(secret, b"client", server_nonce, client_nonce))
+        try:
+            proof = recv_exact(sock, 32)
+        except ConnectionError:
+            raise AuthenticationError("the server closed the connection during authentication "
+                                      "(wrong cluster secret?)") from None
+        if not hmac.compare_digest(proof, _mac(secret, b"server", client_nonce, server_nonce)):
+            raise AuthenticationError("server failed to prove it holds the cluster secret")
+        sock.settimeout(None)
+        return cls(sock)
+
+    def send_bytes(self, data: bytes) -> None:
+        with self._send_lock:
+            self.sock.sendall(_LEN.pack(len(data)) + data)
+
+    def _read(self, n: int) -> bytes:
+        data = self.rfile.read(n)
+        if len(data) < n:
+            raise ConnectionError(f"connection closed by the peer ({len(data)} of {n} bytes read)")
+        return data
+
+    def recv_bytes(self) -> bytes:
+        (n,) = _LEN.unpack(self._read(_LEN.size))
+        if n > MAX_MESSAGE:
+            raise OrcaRuntimeError(f"message of {n} bytes is over the {MAX_MESSAGE} limit")
+        return self._read(n)
+
+    def write(self, data) -> int:
+        """File-like sink for ``pyarrow.ipc.new_stream``: unbuffered, so the stream
+        and the messages around it reach the socket in order."""
+        with self._send_lock:
+            self.sock.sendall(data)
+        return len(data)
+
+    @property
+    def closed(self) -> bool:
+        return self.sock.fileno() < 0
+
+    def flush(self) -> None:
+        pass
+
+    def send(self, obj) -> None:
+        self.send_bytes(json.dumps(obj).encode())
+
+    def recv(self):
+        return json.loads(self.recv_bytes())
+
+    def settimeout(self, timeout: Optional[float]) -> None:
+        self.sock.settimeout(timeout)
+
+    def close(self) -> None:
+        self.rfile.close()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def connect_tcp(host: str, port: int, secret: bytes, timeout: float = 30.0) -> Channel:
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return Channel.connect(sock, secret, timeout)
+
+
+def connect_unix(path: str, secret: bytes, timeout: float = 30.0) -> Channel:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect(path)
+    return Channel.connect(sock, secret, timeout)

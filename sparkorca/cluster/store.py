@@ -1,0 +1,88 @@
+"""The train data store: what a node keeps of the first epoch to replay the rest
+(``OrcaContext.train_data_store``).
+
+"DRAM" keeps the node's record batches in memory. "DISK_n" writes them to ``n``
+Arrow files on executor-local disk as they arrive (batch ``j`` into file ``j % n``)
+and replays one file at a time, so about 1/n of the node's data is in memory.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, List
+
+import pyarrow as pa
+
+
+def parse_store(value: str) -> int:
+    """0 for DRAM, else the n of DISK_n (the flag was validated on assignment)."""
+    return 0 if value.upper() == "DRAM" else int(value.upper()[len("DISK_"):])
+
+
+class MemoryStore:
+    def __init__(self):
+        self._batches: List[pa.RecordBatch] = []
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self._batches.append(batch)
+
+    def parts(self) -> Iterator[List[pa.RecordBatch]]:
+        yield self._batches
+
+    def close(self) -> None:
+        self._batches = []
+
+
+class DiskStore:
+    def __init__(self, directory: str, n: int):
+        os.makedirs(directory, exist_ok=True)
+        self.paths = [os.path.join(directory, f"part-{i}.arrow") for i in range(n)]
+        self._sinks = [None] * n
+        self._writers = [None] * n
+        self._count = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        i = self._count % len(self.paths)
+        self._count += 1
+        writer = self._writers[i]
+        if writer is not None and writer.schema != batch.schema:
+            self._close(i)  # a new schema starts a new stream in the same file
+            writer = None
+        if writer is None:
+            self._sinks[i] = pa.OSFile(self.paths[i], "ab")
+            writer = self._writers[i] = pa.ipc.new_stream(self._sinks[i], batch.schema)
+        writer.write_batch(batch)
+
+    def _close(self, i: int) -> None:
+        if self._writers[i] is not None:
+            self._writers[i].close()
+            self._sinks[i].close()
+            self._writers[i] = self._sinks[i] = None
+
+    def parts(self) -> Iterator[List[pa.RecordBatch]]:
+        """One file's batches at a time; the previous part is released first."""
+        for i in range(len(self.paths)):
+            self._close(i)
+        for path in self.paths:
+            if not os.path.exists(path):
+                continue
+            batches = []
+            with pa.OSFile(path, "rb") as f:
+                while f.tell() < f.size():
+                    batches.extend(pa.ipc.open_stream(f))
+            yield batches
+            del batches
+
+    def close(self) -> None:
+        for i in range(len(self.paths)):
+            self._close(i)
+        for path in self.paths:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+
+
+def open_store(kind: str, directory: str):
+    n = parse_store(kind)
+    return MemoryStore() if n == 0 else DiskStore(directory, n)
