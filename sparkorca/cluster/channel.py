@@ -122,7 +122,9 @@ class Channel:
         self.sock.settimeout(timeout)
 
     def close(self) -> None:
-        self.rfile.close()
+        # Shut down first: it wakes a thread blocked reading. Closing ``rfile`` here
+        # could deadlock on the buffer lock that reader holds; it closes with its
+        # last reference, and the socket's descriptor with it.
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

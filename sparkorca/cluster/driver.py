@@ -72,6 +72,7 @@ class TFCluster:
         self._job_error: Optional[BaseException] = None
         self._driver_nodes = []
         self._stopped = False
+        self.fed_rows = 0  # rows the nodes took in the last train()'s first epoch
 
     # -- helpers ------------------------------------------------------------
     def _fed_nums(self) -> List[int]:
@@ -161,7 +162,8 @@ class TFCluster:
             if errors:
                 raise OrcaRuntimeError("TFCluster train(): " + "; ".join(errors))
         self.server.send(fed, {"type": "flush", "qname": qname})
-        log.info("TFCluster train(): %d rows fed (first epoch)", sum(rows or []))
+        self.fed_rows = sum(rows or [])
+        log.info("TFCluster train(): %d rows fed (first epoch)", self.fed_rows)
 
     def inference(self, dataRDD, feed_timeout: float = 600, qname: str = "input"):
         """An RDD with one result per input row, in order, computed lazily by the
@@ -228,16 +230,12 @@ class TFCluster:
         for node in self._driver_nodes:
             node.stop()
         server.close()
-        _LIVE.discard(self)
 
     def tensorboard_url(self) -> Optional[str]:
         for node in self.cluster_info or []:
             if node.get("tb_port"):
                 return f"http://{node['host']}:{node['tb_port']}"
         return None
-
-
-_LIVE: "set[TFCluster]" = set()
 
 
 def _train_action(data, cfg):
@@ -314,6 +312,10 @@ def run(sc, map_fun, tf_args, num_executors, num_ps=0, tensorboard=False,
     from ..context import OrcaContext
     from ..spark.session import wait_for_executors
 
+    spark_roles = [dataclass_dict(r) for r in roles if not r.on_driver]
+    wait_for_executors(sc, len(spark_roles), EXECUTOR_WAIT,
+                       f"starting {len(spark_roles)} TFCluster node(s) on them")
+    _check_slots(sc, len(spark_roles))
     cluster = TFCluster()
     cluster.sc = sc
     cluster.num_executors = len(roles)
@@ -323,9 +325,8 @@ def run(sc, map_fun, tf_args, num_executors, num_ps=0, tensorboard=False,
     cluster._secret = secrets.token_bytes(32)
     cluster.cluster_id = secrets.token_hex(4)
     cluster._job_group = f"sparkorca-tf-{cluster.cluster_id}"
-    default_fs = sc._jsc.hadoopConfiguration().get("fs.defaultFS") or "file:///"
-    cluster.defaultFS = default_fs[:-1] if default_fs.startswith("file://") and \
-        default_fs.endswith("/") and len(default_fs) > 8 else default_fs.rstrip("/") or default_fs
+    fs = sc._jsc.hadoopConfiguration().get("fs.defaultFS") or "file:///"
+    cluster.defaultFS = fs[:-1] if fs.startswith("file://") and fs.endswith("/") else fs
     cluster.working_dir = os.getcwd()
     payload = cloudpickle.dumps((map_fun, tf_args))
     driver_host = sc.getConf().get("spark.driver.host")
@@ -344,13 +345,9 @@ def run(sc, map_fun, tf_args, num_executors, num_ps=0, tensorboard=False,
                             "default_fs": cluster.defaultFS, "working_dir": cluster.working_dir,
                             "server_addr": list(cluster.server.address),
                             "cluster_template": _template(roles)}
-    spark_roles = [dataclass_dict(r) for r in roles if not r.on_driver]
     cluster.nodeRDD = sc.parallelize(range(len(spark_roles)), len(spark_roles))
-    _LIVE.add(cluster)
     try:
         _start_driver_nodes(cluster, base, payload, roles)
-        wait_for_executors(sc, len(spark_roles), EXECUTOR_WAIT,
-                           f"starting {len(spark_roles)} TFCluster node(s) on them")
         _start_node_job(cluster, base, payload, spark_roles)
         cluster.cluster_info = cluster.server.wait_registered(
             reservation_timeout, lambda: _job_failed(cluster),
@@ -370,6 +367,20 @@ def run(sc, map_fun, tf_args, num_executors, num_ps=0, tensorboard=False,
     if tb:
         log.info("TensorBoard of TFCluster %s: %s", cluster.cluster_id, tb)
     return cluster
+
+
+def _check_slots(sc, needed: int) -> None:
+    """Each Spark-run node needs a task slot for as long as it runs: refuse a cluster
+    larger than the application (unless dynamic allocation may grow it)."""
+    conf = sc.getConf()
+    if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
+        return
+    slots = sc.defaultParallelism // max(1, int(conf.get("spark.task.cpus", "1")))
+    if needed > slots:
+        raise InvalidArgumentError(
+            "num_executors", needed, f"at most {slots}: the Spark application has {slots} "
+            "task slot(s) and every node started by Spark holds one",
+            hint="start the context with more executors or cores, or use driver_ps_nodes")
 
 
 def dataclass_dict(role: rolemod.NodeRole) -> dict:
@@ -427,19 +438,16 @@ def _job_failed(cluster: TFCluster) -> Optional[str]:
 
 
 def _progress(cluster: TFCluster, n_tasks: int) -> str:
-    tracker = cluster.sc.statusTracker()
-    running = 0
-    for job_id in tracker.getJobIdsForGroup(cluster._job_group):
-        job = tracker.getJobInfo(job_id)
-        for stage_id in (job.stageIds if job else []):
-            stage = tracker.getStageInfo(stage_id)
-            if stage:
-                running += stage.numActiveTasks
-    executors = len(tracker.getExecutorInfos()) - 1
-    return (f"Spark is running {running} of the {n_tasks} node task(s); the application has "
-            f"{max(executors, 0)} executor(s) besides the driver. Each node needs a free "
-            "task slot of its own for as long as the cluster runs (ps nodes and "
-            "InputMode.TENSORFLOW nodes hold theirs).")
+    """Why nodes may be missing, from what the driver knows for sure (the status
+    tracker's task counts lag when the UI is off)."""
+    registered = sum(1 for n in cluster.server.nodes.values() if n.info is not None)
+    executors = max(0, len(cluster.sc.statusTracker().getExecutorInfos()) - 1)
+    return (f"{registered} of the {n_tasks} node task(s) Spark was asked to run have "
+            f"started; the application has {executors} executor(s) besides the driver and "
+            f"{cluster.sc.defaultParallelism} task slot(s). A node's task waits while no "
+            "slot is free: each node holds one for as long as the cluster runs (ps nodes "
+            "and InputMode.TENSORFLOW nodes), and other jobs may hold the rest. A task that "
+            "failed is reported by Spark with its executor's log.")
 
 
 def _register_with_context(cluster: TFCluster) -> None:

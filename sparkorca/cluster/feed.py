@@ -194,7 +194,7 @@ class FeedHub:
                 if not q.put(("batch", conn, batch)):
                     break
         if q.terminated.is_set():
-            channel.send({"type": "terminated"})
+            channel.send({"type": "terminated", "rows": conn.rows_in})
             return
         q.rows_received += conn.rows_in
         conn.input_done = True

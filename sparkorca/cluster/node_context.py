@@ -20,12 +20,14 @@ def absolute_path(default_fs: str, working_dir: str, path: str) -> str:
     """
     if "://" in path:
         return path
+    if default_fs.startswith("file:"):
+        return "file://" + (path if path.startswith("/") else f"{working_dir.rstrip('/')}/{path}")
     fs = default_fs.rstrip("/")
     if path.startswith("/"):
         return fs + path
     if fs.startswith(("hdfs://", "viewfs://")):
         return f"{fs}/user/{getpass.getuser()}/{path}"
-    return f"{fs}{working_dir.rstrip('/')}/{path}" if fs.startswith("file:") else f"{fs}/{path}"
+    return f"{fs}/{path}"
 
 
 class NodeContext:

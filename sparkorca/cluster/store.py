@@ -39,18 +39,20 @@ class DiskStore:
         self.paths = [os.path.join(directory, f"part-{i}.arrow") for i in range(n)]
         self._sinks = [None] * n
         self._writers = [None] * n
+        self._schemas = [None] * n
         self._count = 0
 
     def add(self, batch: pa.RecordBatch) -> None:
         i = self._count % len(self.paths)
         self._count += 1
         writer = self._writers[i]
-        if writer is not None and writer.schema != batch.schema:
+        if writer is not None and self._schemas[i] != batch.schema:
             self._close(i)  # a new schema starts a new stream in the same file
             writer = None
         if writer is None:
             self._sinks[i] = pa.OSFile(self.paths[i], "ab")
             writer = self._writers[i] = pa.ipc.new_stream(self._sinks[i], batch.schema)
+            self._schemas[i] = batch.schema
         writer.write_batch(batch)
 
     def _close(self, i: int) -> None:
@@ -66,8 +68,10 @@ class DiskStore:
         for path in self.paths:
             if not os.path.exists(path):
                 continue
+            # Memory-mapped: a part's batches are views of its file, and its pages
+            # leave memory when the part is released (an allocator would keep them).
             batches = []
-            with pa.OSFile(path, "rb") as f:
+            with pa.memory_map(path, "r") as f:
                 while f.tell() < f.size():
                     batches.extend(pa.ipc.open_stream(f))
             yield batches

@@ -143,11 +143,24 @@ def registered_executors(sc) -> int:
     return sc._jsc.sc().getExecutorIds().size()
 
 
+def expected_executors(sc) -> Optional[int]:
+    """How many executors the application asked for, where that is known."""
+    import re
+    match = re.match(r"local-cluster\[\s*(\d+)\s*,", sc.master)
+    if match:
+        return int(match.group(1))
+    instances = sc.getConf().get("spark.executor.instances")
+    return int(instances) if instances else None
+
+
 def wait_for_executors(sc, need: int, timeout: float, purpose: str) -> None:
-    """Block until ``need`` executors have registered (none needed on local masters)."""
+    """Block until ``need`` executors have registered, or as many as the application
+    asked for if that is fewer (none on local masters)."""
     from .._wait import wait_for
     if sc.master.startswith("local[") or sc.master == "local":
         return
+    expected = expected_executors(sc)
+    need = min(need, expected) if expected else need
     wait_for(lambda: registered_executors(sc) >= need, timeout,
              f"{need} Spark executor(s) to register with the driver before {purpose} "
              f"(registered so far: {registered_executors(sc)})")
