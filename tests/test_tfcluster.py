@@ -389,3 +389,22 @@ def test_train_data_store_disk_keeps_a_fraction_of_what_dram_keeps(sc, tmp_path)
     print("peak RSS of a node, MB:", peaks)
     # DRAM holds the node's whole first epoch (~100 MB); DISK_4 about a quarter of it
     assert peaks["DRAM"] - peaks["DISK_4"] > 40, peaks
+
+
+def test_tensorboard_runs_on_the_chief_and_stops_with_the_cluster(sc, tmp_path):
+    import urllib.request
+
+    def answers(url):
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+    cluster = TFCluster.run(sc, doubling_main, None, num_executors=2, input_mode=SPARK,
+                            master_node="chief", tensorboard=True, log_dir=str(tmp_path))
+    url = cluster.tensorboard_url()
+    chief = next(n for n in cluster.cluster_info if n["job_name"] == "chief")
+    assert url == f"http://{chief['host']}:{chief['tb_port']}"
+    wait_for(lambda: answers(url), 120, f"TensorBoard to answer at {url}")
+    cluster.shutdown()
+    assert not answers(url)

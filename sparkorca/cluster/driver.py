@@ -217,7 +217,8 @@ class TFCluster:
             server.closing = True
         server.send(list(server.nodes), {"type": "stop"})
         try:
-            wait_for(lambda: all(n.state != "running" for n in server.nodes.values()), 30,
+            # a node closes its connection when its process exits, after its children
+            wait_for(lambda: not any(n.connected for n in server.nodes.values()), 30,
                      "the TFCluster nodes to stop")
         except (StartupTimeoutError, OrcaRuntimeError) as e:
             log.warning("%s; cancelling their Spark job", e)

@@ -33,6 +33,7 @@ class NodeState:
         self.state = "pending"  # pending -> running -> done | error | lost | stopped
         self.traceback: Optional[str] = None
         self.replayed: Dict[str, dict] = {}
+        self.connected = False  # the node process holds its connection until it exits
 
     def describe(self) -> str:
         where = (f" on executor {self.info['executor_id']} at {self.info['host']}"
@@ -83,6 +84,7 @@ class ReservationServer:
             node.info = {k: msg[k] for k in ("worker_num", "job_name", "task_index", "host",
                                              "port", "tb_port", "executor_id", "socket", "pid")}
             node.channel = channel
+            node.connected = True
             node.state = "running"
             everyone = all(n.info is not None for n in self.nodes.values())
             self.cond.notify_all()
@@ -98,6 +100,7 @@ class ReservationServer:
                 msg = node.channel.recv()
             except (OSError, ConnectionError, ValueError):
                 with self.cond:
+                    node.connected = False
                     if node.state == "running":
                         node.state = "stopped" if self.closing else "lost"
                     self.cond.notify_all()
