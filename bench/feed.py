@@ -112,7 +112,7 @@ TFOS = """
         while not feed.should_stop():
             rows += len(feed.next_batch(1000))
         print("TFOS-NODE", rows)
-    cluster = TFCluster.run(sc, main, None, 2, 0, input_mode=TFCluster.InputMode.SPARK)
+    cluster = TFCluster.run(sc, main, {{}}, 2, 0, input_mode=TFCluster.InputMode.SPARK)
     t0 = time.monotonic()
     cluster.train(df.rdd, num_epochs=1)
     seconds = time.monotonic() - t0
@@ -126,9 +126,11 @@ TFOS = """
 def run(python, body, rows, timeout=1800):
     code = textwrap.dedent(COMMON.format(rows=rows, master=MASTER, cols=COLS)) + \
         textwrap.dedent(body.format())
+    # executors must run the contender's interpreter, not the python3 on PATH
+    env = dict(os.environ, PYSPARK_PYTHON=python, PYSPARK_DRIVER_PYTHON=python)
     with tempfile.TemporaryDirectory() as cwd:
         proc = subprocess.run([python, "-c", code], capture_output=True, text=True,
-                              timeout=timeout, cwd=cwd)
+                              timeout=timeout, cwd=cwd, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
