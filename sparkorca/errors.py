@@ -43,3 +43,7 @@ class NoContextError(OrcaRuntimeError):
 
 class StartupTimeoutError(OrcaError, TimeoutError):
     """A process or service did not become ready before its deadline."""
+
+
+class MissingPathError(OrcaError, FileNotFoundError):
+    """A path given to read data does not exist."""

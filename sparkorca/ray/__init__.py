@@ -24,6 +24,20 @@ class RayContext:
     def __init__(self, backend):
         self._backend = backend
         self._stopped = False
+        self._kept: List[object] = []  # actor handles that must live as long as Ray
+
+    def _release_kept(self) -> None:
+        import ray
+        for handle in self._kept:  # before the nodes go, so no worker dies "unexpectedly"
+            try:
+                ray.kill(handle)
+            except Exception:  # already gone with its node
+                pass
+        self._kept.clear()
+
+    def keep_alive(self, handles) -> None:
+        """Hold actor handles (e.g. the owners of data put by Spark tasks) until stop."""
+        self._kept.extend(handles)
 
     @property
     def address_info(self) -> dict:
@@ -62,6 +76,7 @@ class RayContext:
         """Stop Ray only; Spark keeps running. stop_orca_context() also does this."""
         if not self._stopped:
             self._stopped = True
+            self._release_kept()
             self._backend.stop()
 
 

@@ -1,0 +1,115 @@
+"""Shards / Spark DataFrame -> Ray Dataset without the driver.
+
+Each Spark task joins the Ray node of its own executor (RayOnSpark), turns its
+partition into one Arrow table and hands it to the *holder* actor on that node,
+which puts it again so that the holder, not the task, owns the object (Ray 2.56
+removed ``ray.put(_owner=)``): the data lives on after the task and its Python
+worker are gone, and it moves only within the node's shared memory. The driver only gathers the object refs, in partition
+order, and builds the Dataset from them: no row passes through it. The holders
+(0 CPU, one per Ray node, named per transfer) live until the context stops.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import List
+
+from ..errors import NoContextError
+
+HOLDER_PREFIX = "sparkorca-holder"
+
+
+def _holder_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Holder:
+        """Owns the partitions put on its node; hands their refs to the driver."""
+
+        def __init__(self):
+            self.refs = {}
+
+        def store(self, partition: int, table) -> None:
+            # The table came as an argument, in the store but owned by the Spark
+            # task's process; this put makes the holder its owner.
+            self.refs[partition] = ray.put(table)
+
+        def collected(self) -> dict:
+            return {k: [v] for k, v in self.refs.items()}  # nested: refs, not values
+
+    return Holder
+
+
+def start_holders(tag: str) -> List[object]:
+    """One holder on every alive Ray node that has a Spark executor."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    holder = _holder_class()
+    handles = []
+    for node in ray.nodes():
+        if not node["Alive"]:
+            continue
+        handles.append(holder.options(
+            name=f"{HOLDER_PREFIX}-{tag}-{node['NodeID']}",
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+        ).remote())
+    ray.get([h.collected.remote() for h in handles])  # every holder is up
+    return handles
+
+
+def _put_partition(tag: str, namespace: str, index: int, batches):
+    """In a Spark task: this partition into the local object store, owned by the
+    holder on this node."""
+    import pyarrow as pa
+    import ray
+    from ..ray import connect
+    connect()
+    table = pa.Table.from_batches(list(batches)) if batches else None
+    node_id = ray.get_runtime_context().get_node_id()
+    holder = ray.get_actor(f"{HOLDER_PREFIX}-{tag}-{node_id}", namespace=namespace)
+    if table is None or table.num_rows == 0:
+        return []
+    ray.get(holder.store.remote(index, table))
+    return [index]
+
+
+def _to_ray(run_puts):
+    """Start the holders, let ``run_puts(tag, namespace)`` run the Spark job whose
+    tasks put their partitions, and build the Dataset from the holders' refs."""
+    import ray
+    from ..context import running_context
+    running = running_context()
+    if running is None or running.ray is None:
+        raise NoContextError("to_ray_dataset needs Ray on Spark: start the context with "
+                             "init_orca_context(..., init_ray_on_spark=True) or call "
+                             "OrcaContext.get_ray_context() first")
+    tag = secrets.token_hex(4)
+    namespace = ray.get_runtime_context().namespace
+    holders = start_holders(tag)
+    running.ray.keep_alive(holders)
+    run_puts(tag, namespace)
+    refs = {}
+    for collected in ray.get([h.collected.remote() for h in holders]):
+        refs.update({k: v[0] for k, v in collected.items()})
+    return ray.data.from_arrow_refs([refs[k] for k in sorted(refs)])
+
+
+def shards_to_ray_dataset(shards):
+    """A Ray Dataset of Shards, one block per partition."""
+    arrow_rdd = shards.to_arrow_rdd()
+    return _to_ray(lambda tag, namespace: arrow_rdd.mapPartitionsWithIndex(
+        lambda i, it: _put_partition(tag, namespace, i, list(it))).collect())
+
+
+def spark_df_to_ray_dataset(df):
+    """A Ray Dataset of a Spark DataFrame, one block per partition: Spark hands each
+    partition to Python as Arrow (mapInArrow) and the put happens right there."""
+    def run(tag, namespace):
+        def put(batches):
+            import pyarrow as pa
+            from pyspark import TaskContext
+            done = _put_partition(tag, namespace, TaskContext.get().partitionId(),
+                                  list(batches))
+            yield pa.RecordBatch.from_pydict({"p": pa.array(done, pa.int64())})
+        df.mapInArrow(put, "p long").collect()
+    return _to_ray(run)

@@ -1,0 +1,185 @@
+"""sparkorca.data on real Spark (and Ray for the hand-off), with files the tests write."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark import cloudpickle
+
+from conftest import QUIET
+from sparkorca import OrcaContext, data, init_orca_context
+from sparkorca.errors import InvalidArgumentError, MissingPathError, NoContextError
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+# Small partitions, so that the one big file is split across several of them.
+CONF = {**QUIET, "spark.sql.files.maxPartitionBytes": str(256 << 10),
+        "spark.sql.files.openCostInBytes": str(4 << 10)}
+
+
+def frame(start, n):
+    return pd.DataFrame({"id": np.arange(start, start + n),
+                         "name": [f"n{i % 7}" for i in range(start, start + n)],
+                         "score": np.arange(start, start + n) / 4.0})
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    (root / "many").mkdir()
+    for i in range(30):  # a directory of many small files
+        frame(i * 20, 20).to_csv(root / "many" / f"part-{i:02d}.csv", index=False)
+    (root / "many" / "_SUCCESS").write_text("")  # markers are not data
+    frame(0, 60000).to_csv(root / "big.csv", index=False)  # ~1.3 MB: several partitions
+    big = frame(0, 60000)
+    big.to_json(root / "big.json", orient="records", lines=True)
+    (root / "pq").mkdir()
+    for i in range(3):
+        frame(i * 1000, 1000).to_parquet(root / "pq" / f"p{i}.parquet", index=False)
+    (root / "bad.csv").write_text("id,name,score\n1,a,0.5\n2,b,1.0\n3,c,1.5,extra\n4,d,2.0\n")
+    return root
+
+
+def sorted_frame(df):
+    return df.sort_values("id").reset_index(drop=True)
+
+
+@pytest.fixture
+def sc():
+    return init_orca_context(cluster_mode="local-cluster", num_nodes=2, cores=1, memory="1g",
+                             conf=CONF)
+
+
+def test_both_backends_read_the_same_rows_and_columns(sc, files):
+    read = {}
+    for backend in ("spark", "pandas"):
+        OrcaContext.pandas_read_backend = backend
+        read[backend] = {
+            "many csv": data.read_csv(str(files / "many")),
+            "glob csv": data.read_csv(f"file://{files}/many/part-1*.csv"),
+            "big csv": data.read_csv(str(files / "big.csv")),
+            "list csv": data.read_csv([str(files / "many" / "part-00.csv"),
+                                       str(files / "big.csv")]),
+            "json": data.read_json(str(files / "big.json")),
+            "parquet": data.read_parquet(str(files / "pq")),
+        }
+    expected = {"many csv": frame(0, 600), "glob csv": frame(200, 200), "big csv": frame(0, 60000),
+                "json": frame(0, 60000), "parquet": frame(0, 3000)}
+    assert read["spark"]["big csv"].num_partitions() > 1  # the big file was split
+    assert read["pandas"]["many csv"].rdd.count() == 30  # one shard per file
+    for name in read["spark"]:
+        spark_df = sorted_frame(read["spark"][name].to_pandas())
+        pandas_df = sorted_frame(read["pandas"][name].to_pandas())
+        assert list(spark_df.columns) == list(pandas_df.columns) == ["id", "name", "score"]
+        # The documented dtype difference: Spark infers int32 for CSV integers, pandas
+        # int64 (JSON and Parquet keep int64 both ways); the values are the same.
+        want_int = "int32" if name.endswith("csv") else "int64"
+        assert str(spark_df["id"].dtype) == want_int and str(pandas_df["id"].dtype) == "int64"
+        pd.testing.assert_frame_equal(spark_df.astype({"id": "int64"}), pandas_df)
+        if name in expected:
+            pd.testing.assert_frame_equal(pandas_df, expected[name])
+    assert len(read["pandas"]["list csv"]) == 60020
+
+
+def test_shards_operations_round_trips_and_the_tfcluster_feed(sc, files, tmp_path):
+    OrcaContext.pandas_read_backend = "pandas"
+    OrcaContext.shard_size = 7
+    shards = data.read_csv(str(files / "many"))
+    sizes = [len(s) for s in shards.collect()]
+    assert max(sizes) <= 7 and sum(sizes) == 600
+
+    doubled = shards.transform_shard(lambda df, k: df.assign(score=df.score * k), 2)
+    assert sorted_frame(doubled.to_pandas()).score.tolist() == (np.arange(600) / 2.0).tolist()
+
+    again = shards.repartition(3)
+    assert again.num_partitions() == 3 and len(again.collect()) == 3
+    assert len(again) == 600
+
+    by_name = shards.partition_by("name", 3).collect()
+    homes = {}
+    for i, shard in enumerate(by_name):
+        for value in set(shard.name):
+            homes.setdefault(value, set()).add(i)
+    assert len(homes) == 7 and all(len(h) == 1 for h in homes.values())
+
+    sdf = shards.to_spark_df()
+    assert sdf.count() == 600 and sdf.schema.simpleString() == \
+        "struct<id:bigint,name:string,score:double>"
+    OrcaContext.shard_size = None
+    back = data.Shards.from_spark_df(sdf)
+    assert back.num_partitions() == sdf.rdd.getNumPartitions()
+    pd.testing.assert_frame_equal(sorted_frame(back.to_pandas()), frame(0, 600))
+
+    shards.save_parquet(str(tmp_path / "out"))
+    assert len(list((tmp_path / "out").glob("*.parquet"))) == shards.rdd.count()
+    pd.testing.assert_frame_equal(
+        sorted_frame(data.read_parquet(str(tmp_path / "out")).to_pandas()), frame(0, 600))
+
+    from sparkorca.cluster import TFCluster
+
+    def count_rows(out, ctx):
+        feed = ctx.get_data_feed()
+        ids = []
+        while True:
+            cols = feed.next_batch_numpy(100)
+            if cols is None:
+                break
+            ids += cols["id"].tolist()
+        with open(os.path.join(out, f"ids-{ctx.worker_num}.json"), "w") as f:
+            json.dump(ids, f)
+        feed.terminate()
+    cluster = TFCluster.run(sc, count_rows, str(tmp_path), num_executors=2,
+                            input_mode=TFCluster.InputMode.SPARK)
+    cluster.train(shards)  # Shards feed like an RDD
+    cluster.shutdown()
+    fed = sorted(i for p in tmp_path.glob("ids-*.json") for i in json.loads(p.read_text()))
+    assert fed == list(range(600))
+
+
+def test_bad_input_is_named(sc, files):
+    with pytest.raises(MissingPathError, match="no such file or directory: /no/such/dir"):
+        data.read_csv("/no/such/dir")
+    with pytest.raises(MissingPathError, match="holds no data files"):
+        data.read_csv(str(files / "many" / "*.parquet"))
+    with pytest.raises(InvalidArgumentError, match="pandas_read_backend"):
+        OrcaContext.pandas_read_backend = "dask"
+    with pytest.raises(InvalidArgumentError, match="usecols"):
+        data.read_csv(str(files / "big.csv"), usecols=["id"])  # spark backend: no such option
+    OrcaContext.pandas_read_backend = "pandas"
+    shards = data.read_csv(str(files / "bad.csv"))
+    with pytest.raises(Exception) as e:
+        shards.collect()
+    assert "bad.csv" in str(e.value) and "line 4" in str(e.value)
+    assert len(data.read_csv(str(files / "big.csv"), usecols=["id"]).to_pandas().columns) == 1
+
+
+def test_reading_without_a_context_says_how_to_start_one(files):
+    with pytest.raises(NoContextError, match="init_orca_context"):
+        data.read_csv(str(files / "big.csv"))
+
+
+def test_to_ray_dataset_moves_partitions_on_the_executors_and_keeps_them(files):
+    import ray
+    init_orca_context(cluster_mode="local-cluster", num_nodes=2, cores=1, memory="1g",
+                      init_ray_on_spark=True, object_store_memory="200m",
+                      conf={**CONF, "spark.python.worker.reuse": "false"})
+    OrcaContext.pandas_read_backend = "spark"
+    shards = data.read_csv(str(files / "big.csv"))
+    ds = shards.to_ray_dataset()
+    # Spark's Python workers have all exited (no reuse): the blocks live on, owned by
+    # the holders, on the executors' Ray nodes and never on the driver's.
+    refs = [r for bundle in ds.iter_internal_ref_bundles() for r in bundle.block_refs]
+    assert len(refs) == shards.num_partitions() > 1
+    head = ray.get_runtime_context().get_node_id()
+    where = ray.experimental.get_object_locations(refs)
+    assert all(loc["node_ids"] and head not in loc["node_ids"] for loc in where.values())
+    got = sorted_frame(ds.to_pandas())
+    # Ray hands columns back with pyarrow dtypes
+    pd.testing.assert_frame_equal(got.astype({"id": "int64", "name": object, "score": "float64"}),
+                                  frame(0, 60000))
+    from pyspark.sql import SparkSession
+    spark_df = SparkSession.builder.getOrCreate().range(0, 1000, numPartitions=4)
+    assert sorted(data.spark_df_to_ray_dataset(spark_df).to_pandas()["id"]) == list(range(1000))
