@@ -172,7 +172,7 @@ def test_to_ray_dataset_moves_partitions_on_the_executors_and_keeps_them(files):
     # Spark's Python workers have all exited (no reuse): the blocks live on, owned by
     # the holders, on the executors' Ray nodes and never on the driver's.
     refs = [r for bundle in ds.iter_internal_ref_bundles() for r in bundle.block_refs]
-    assert len(refs) == shards.num_partitions() > 1
+    assert len(refs) >= shards.num_partitions() > 1
     head = ray.get_runtime_context().get_node_id()
     where = ray.experimental.get_object_locations(refs)
     assert all(loc["node_ids"] and head not in loc["node_ids"] for loc in where.values())

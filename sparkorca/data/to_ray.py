@@ -29,13 +29,13 @@ def _holder_class():
         def __init__(self):
             self.refs = {}
 
-        def store(self, partition: int, table) -> None:
+        def store(self, key: tuple, table) -> None:
             # The table came as an argument, in the store but owned by the Spark
             # task's process; this put makes the holder its owner.
-            self.refs[partition] = ray.put(table)
+            self.refs[tuple(key)] = ray.put(table)
 
-        def collected(self) -> dict:
-            return {k: [v] for k, v in self.refs.items()}  # nested: refs, not values
+        def collected(self) -> list:
+            return [(k, [v]) for k, v in self.refs.items()]  # nested: refs, not values
 
     return Holder
 
@@ -53,24 +53,54 @@ def start_holders(tag: str) -> List[object]:
             name=f"{HOLDER_PREFIX}-{tag}-{node['NodeID']}",
             scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
         ).remote())
-    ray.get([h.collected.remote() for h in handles])  # every holder is up
+    # Not waited for: a named actor is found as soon as it is registered, and the
+    # tasks' first calls queue until it runs, so the holders start during the job.
     return handles
 
 
+def _find_holder(name: str, namespace: str):
+    """The holder of this node; its registration may be a moment behind the job."""
+    import ray
+    from .._wait import wait_for
+
+    def lookup():
+        try:
+            return ray.get_actor(name, namespace=namespace)
+        except ValueError:  # not registered yet
+            return None
+    return wait_for(lookup, 60, f"the Ray actor {name} that owns this node's data")
+
+
+BLOCK_BYTES = 32 << 20
+
+
 def _put_partition(tag: str, namespace: str, index: int, batches):
-    """In a Spark task: this partition into the local object store, owned by the
-    holder on this node."""
+    """In a Spark task: this partition into the local object store, in blocks of
+    about BLOCK_BYTES owned by the holder on this node. Blocks go out while Spark
+    still produces the rest; the task waits for all of them before it ends (until
+    the holder has its copy, the task's process owns the data)."""
     import pyarrow as pa
     import ray
     from ..ray import connect
     connect()
-    table = pa.Table.from_batches(list(batches)) if batches else None
-    node_id = ray.get_runtime_context().get_node_id()
-    holder = ray.get_actor(f"{HOLDER_PREFIX}-{tag}-{node_id}", namespace=namespace)
-    if table is None or table.num_rows == 0:
-        return []
-    ray.get(holder.store.remote(index, table))
-    return [index]
+    holder = _find_holder(f"{HOLDER_PREFIX}-{tag}-{ray.get_runtime_context().get_node_id()}",
+                          namespace)
+    pending, block, size = [], [], 0
+
+    def send():
+        pending.append(holder.store.remote((index, len(pending)), pa.Table.from_batches(block)))
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        block.append(batch)
+        size += batch.nbytes
+        if size >= BLOCK_BYTES:
+            send()
+            block, size = [], 0
+    if block:
+        send()
+    ray.get(pending)
+    return [index] if pending else []
 
 
 def _to_ray(run_puts):
@@ -90,26 +120,25 @@ def _to_ray(run_puts):
     run_puts(tag, namespace)
     refs = {}
     for collected in ray.get([h.collected.remote() for h in holders]):
-        refs.update({k: v[0] for k, v in collected.items()})
+        refs.update({tuple(k): v[0] for k, v in collected})
     return ray.data.from_arrow_refs([refs[k] for k in sorted(refs)])
 
 
 def shards_to_ray_dataset(shards):
-    """A Ray Dataset of Shards, one block per partition."""
+    """A Ray Dataset of Shards, its blocks in partition order."""
     arrow_rdd = shards.to_arrow_rdd()
     return _to_ray(lambda tag, namespace: arrow_rdd.mapPartitionsWithIndex(
-        lambda i, it: _put_partition(tag, namespace, i, list(it))).collect())
+        lambda i, it: _put_partition(tag, namespace, i, it)).collect())
 
 
 def spark_df_to_ray_dataset(df):
-    """A Ray Dataset of a Spark DataFrame, one block per partition: Spark hands each
-    partition to Python as Arrow (mapInArrow) and the put happens right there."""
+    """A Ray Dataset of a Spark DataFrame, its blocks in partition order: Spark hands
+    each partition to Python as Arrow (mapInArrow) and the puts happen right there."""
     def run(tag, namespace):
         def put(batches):
             import pyarrow as pa
             from pyspark import TaskContext
-            done = _put_partition(tag, namespace, TaskContext.get().partitionId(),
-                                  list(batches))
+            done = _put_partition(tag, namespace, TaskContext.get().partitionId(), batches)
             yield pa.RecordBatch.from_pydict({"p": pa.array(done, pa.int64())})
         df.mapInArrow(put, "p long").collect()
     return _to_ray(run)

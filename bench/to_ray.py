@@ -1,0 +1,138 @@
+"""Spark DataFrame -> Ray Dataset, three ways, in one run.
+
+    python bench/to_ray.py [--rows 10000000]
+
+A generated (not cached) DataFrame of ``--rows`` x 8 float64 columns on
+local-cluster[2,1,2048]:
+
+1. ``ray.data.from_pandas(df.toPandas())`` (local Ray, 2 CPUs);
+2. ``ray.data.from_arrow(df.toArrow())`` (a driver-side Arrow collect);
+3. sparkorca: ``spark_df_to_ray_dataset(df)`` with Ray on Spark: each partition
+   goes from its executor into its node's object store; the driver sees refs only;
+4. the floor: Spark producing the frame and handing it to Python (a mapInArrow
+   that only counts), with no Ray at all.
+
+Each runs in a fresh process; seconds cover the conversion and ``ds.count()``.
+Prints the seconds, the ratios, and the driver's peak RSS (Python process and
+Spark driver JVM, read from /proc before they stop).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+COMMON = """
+    import json, os, time
+    ROWS = {rows}
+    def peak_mb(pid):
+        with open(f"/proc/{{pid}}/status") as f:
+            return next(int(x.split()[1]) for x in f if x.startswith("VmHWM:")) / 1024
+    def make_frame(spark):
+        from pyspark.sql import functions as F
+        return spark.range(ROWS, numPartitions=8).select(
+            *[(F.rand(i) * 100).alias(f"c{{i}}") for i in range(8)])
+"""
+
+DRIVER_SIDE = """
+    import ray
+    from pyspark.sql import SparkSession
+    spark = (SparkSession.builder.master("local-cluster[2,1,2048]")
+             .config("spark.ui.enabled", "false").config("spark.driver.memory", "4g")
+             .config("spark.driver.maxResultSize", "0").getOrCreate())
+    ray.init(num_cpus=2, include_dashboard=False)
+    df = make_frame(spark)
+    t0 = time.monotonic()
+    if {how!r} == "pandas":
+        ds = ray.data.from_pandas(df.toPandas())
+    else:
+        ds = ray.data.from_arrow(df.toArrow())
+    n = ds.count()
+    seconds = time.monotonic() - t0
+    jvm = spark.sparkContext._gateway.proc.pid
+    result = {{"rows": n, "seconds": seconds, "driver_mb": peak_mb(os.getpid()),
+              "jvm_mb": peak_mb(jvm)}}
+    ray.shutdown()
+    spark.stop()
+    print("RESULT " + json.dumps(result))
+"""
+
+FLOOR = """
+    from pyspark.sql import SparkSession
+    spark = (SparkSession.builder.master("local-cluster[2,1,2048]")
+             .config("spark.ui.enabled", "false").getOrCreate())
+    df = make_frame(spark)
+    def count(batches):
+        import pyarrow as pa
+        yield pa.RecordBatch.from_pydict({{"n": [sum(b.num_rows for b in batches)]}})
+    t0 = time.monotonic()
+    n = sum(r.n for r in df.mapInArrow(count, "n long").collect())
+    seconds = time.monotonic() - t0
+    jvm = spark.sparkContext._gateway.proc.pid
+    result = {{"rows": n, "seconds": seconds, "driver_mb": peak_mb(os.getpid()),
+              "jvm_mb": peak_mb(jvm)}}
+    spark.stop()
+    print("RESULT " + json.dumps(result))
+"""
+
+SPARKORCA = """
+    from sparkorca import init_orca_context, stop_orca_context
+    from sparkorca.data import spark_df_to_ray_dataset
+    from sparkorca.spark.session import active_spark_context
+    from pyspark.sql import SparkSession
+    init_orca_context(cluster_mode="local-cluster", num_nodes=2, cores=1, memory="2g",
+                      init_ray_on_spark=True, object_store_memory="1500m",
+                      conf={{"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"}})
+    df = make_frame(SparkSession.builder.getOrCreate())
+    t0 = time.monotonic()
+    ds = spark_df_to_ray_dataset(df)
+    n = ds.count()
+    seconds = time.monotonic() - t0
+    import psutil
+    jvm = [p.pid for p in psutil.Process().children() if p.name() == "java"][0]
+    result = {{"rows": n, "seconds": seconds, "driver_mb": peak_mb(os.getpid()),
+              "jvm_mb": peak_mb(jvm)}}
+    stop_orca_context()
+    print("RESULT " + json.dumps(result))
+"""
+
+
+def run(body, rows, **fmt):
+    code = textwrap.dedent(COMMON.format(rows=rows)) + textwrap.dedent(body.format(**fmt))
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    with tempfile.TemporaryDirectory() as home:
+        env["HOME"] = home  # no ~/.ray/auth_token shared between contenders
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=1800, cwd=home, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"contender failed (code {proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                       f"{proc.stderr[-3000:]}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    args = ap.parse_args()
+    results = {
+        "from_pandas(df.toPandas())": run(DRIVER_SIDE, args.rows, how="pandas"),
+        "from_arrow(df.toArrow())": run(DRIVER_SIDE, args.rows, how="arrow"),
+        "sparkorca (executors -> Ray)": run(SPARKORCA, args.rows),
+        "floor: Spark export, no Ray": run(FLOOR, args.rows),
+    }
+    for name, r in results.items():
+        print(f"{name:30s} {r['rows']:>10d} rows {r['seconds']:7.2f} s   driver peak RSS: "
+              f"python {r['driver_mb']:7.0f} MB, JVM {r['jvm_mb']:7.0f} MB")
+    ours = results["sparkorca (executors -> Ray)"]["seconds"]
+    for name in list(results)[:2]:
+        print(f"{name} / sparkorca: {results[name]['seconds'] / ours:.2f}x (target >= 2x)")
+    floor = results["floor: Spark export, no Ray"]["seconds"]
+    print(f"sparkorca / floor: {ours / floor:.2f}x (what Ray adds over Spark's own export)")
+
+
+if __name__ == "__main__":
+    main()
