@@ -432,3 +432,22 @@ def test_serialize_data_creator_makes_nodes_take_turns(sc, tmp_path):
     cluster.shutdown(timeout=120)
     (a0, a1), (b0, b1) = sorted(json.loads(p.read_text()) for p in tmp_path.glob("creator-*"))
     assert b0 >= a1  # one after the other, never at once
+
+
+def where_main(out, ctx):
+    if ctx.job_name == "ps":
+        while True:  # a ps serves until shutdown stops it
+            time.sleep(1)
+    with open(os.path.join(out, "where.json"), "w") as f:
+        json.dump({n["job_name"]: n["executor_id"] for n in ctx.cluster_info}, f)
+
+
+def test_driver_ps_nodes_run_the_ps_on_the_driver(sc, tmp_path):
+    cluster = TFCluster.run(sc, where_main, str(tmp_path), num_executors=2, num_ps=1,
+                            driver_ps_nodes=True)
+    ps = psutil.Process(cluster.cluster_info[0]["pid"])
+    assert os.getpid() in [p.pid for p in ps.parents()]  # a child of this driver
+    cluster.shutdown(timeout=120)
+    where = json.loads((tmp_path / "where.json").read_text())
+    assert where["ps"] == "driver" and where["worker"] != "driver"
+    assert not ps.is_running()

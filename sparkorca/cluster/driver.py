@@ -313,7 +313,7 @@ def run(sc, map_fun, tf_args, num_executors, num_ps=0, tensorboard=False,
     from ..context import OrcaContext
     from ..spark.session import wait_for_executors
 
-    spark_roles = [dataclass_dict(r) for r in roles if not r.on_driver]
+    spark_roles = [role_dict(r) for r in roles if not r.on_driver]
     wait_for_executors(sc, len(spark_roles), EXECUTOR_WAIT,
                        f"starting {len(spark_roles)} TFCluster node(s) on them")
     _check_slots(sc, len(spark_roles))
@@ -384,7 +384,7 @@ def _check_slots(sc, needed: int) -> None:
             hint="start the context with more executors or cores, or use driver_ps_nodes")
 
 
-def dataclass_dict(role: rolemod.NodeRole) -> dict:
+def role_dict(role: rolemod.NodeRole) -> dict:
     return {"worker_num": role.worker_num, "job_name": role.job_name,
             "task_index": role.task_index}
 
@@ -403,7 +403,7 @@ def _start_driver_nodes(cluster: TFCluster, base: dict, payload: bytes, roles) -
     for r in roles:
         if not r.on_driver:
             continue
-        cfg = node_cfg(base, dataclass_dict(r), "driver", node_ip(), os.getpid())
+        cfg = node_cfg(base, role_dict(r), "driver", node_ip(), os.getpid())
         cluster._driver_nodes.append(nodemod.launch(
             cfg, payload, {}, f"TFCluster node {r.worker_num} ({r.job_name}:{r.task_index}) "
                               "on the driver"))

@@ -132,10 +132,11 @@ class ReservationServer:
 
     def wait(self, predicate: Callable[[], bool], timeout: Optional[float],
              failed: Callable[[], Optional[str]] = lambda: None) -> Optional[str]:
-        """Wait until ``predicate()`` (under the lock) or ``failed()`` says why not.
+        """Wait until ``predicate()`` holds (checked under the lock, woken by every
+        node message) or ``failed()`` says why not.
 
-        Returns None on success, the failure text otherwise; raises
-        StartupTimeoutError-free: a timeout returns "timeout".
+        Returns None on success, else the failure text, or "timeout" once
+        ``timeout`` seconds (None: no limit) have passed.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.cond:
