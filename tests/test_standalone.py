@@ -14,6 +14,10 @@ def test_join_an_existing_standalone_cluster(standalone_cluster):
     sc = init_orca_context(cluster_mode="standalone", master=standalone_cluster.master_url,
                            num_nodes=2, cores=1, memory="1g", conf=QUIET)
     assert sc.master == standalone_cluster.master_url
+    # executors register a moment after the context starts: a job started before the
+    # second one would run on the first alone
+    from sparkorca.spark.session import wait_for_executors
+    wait_for_executors(sc, 2, 60, "running the probe job")
     hosts = sc.parallelize(range(4), 4).map(lambda _: __import__("os").getcwd()).collect()
     # two executors, each running in its own work dir under the workers' root
     assert len({h.rsplit("/", 1)[-1] for h in hosts}) == 2
