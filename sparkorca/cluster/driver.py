@@ -20,6 +20,8 @@ import threading
 from typing import List, Optional
 
 from .._wait import wait_for
+from ..spark.executor import partition_id
+from ..spark.session import job_error_text
 from ..errors import InvalidArgumentError, OrcaRuntimeError, StartupTimeoutError
 from . import feeder
 from . import roles as rolemod
@@ -39,15 +41,6 @@ def _positive(name, value, allow_forever=False):
         raise InvalidArgumentError(name, value, "a number of seconds > 0"
                                    + (" (or -1: no limit)" if allow_forever else ""))
     return float(value)
-
-
-def _job_error_text(error: BaseException) -> str:
-    text = str(error)
-    marker = "Traceback (most recent call last)"
-    if marker in text:  # the Python traceback Spark carried back from the executor
-        text = text[text.index(marker):]
-        text = text[: text.find("\n\tat ")] if "\n\tat " in text else text
-    return text.strip()[-4000:]
 
 
 class TFCluster:
@@ -130,7 +123,7 @@ class TFCluster:
         if "error" in box:
             self._check_nodes()  # a node's own failure explains a failed feed best
             raise OrcaRuntimeError(f"TFCluster {description} failed:\n"
-                                   f"{_job_error_text(box['error'])}") from None
+                                   f"{job_error_text(box['error'])}") from None
         return box.get("result")
 
     # -- feeding ------------------------------------------------------------
@@ -246,7 +239,7 @@ def _train_action(data, cfg):
     if isinstance(data, DataFrame):
         def feed_arrow(batches):
             import pyarrow as pa
-            n = train(cfg, feeder.partition_id(), iter(batches))
+            n = train(cfg, partition_id(), iter(batches))
             yield pa.RecordBatch.from_pydict({"rows": [n]})
         return lambda: [r.rows for r in data.mapInArrow(feed_arrow, "rows long").collect()]
     if hasattr(data, "to_arrow_rdd"):  # sparkorca.data.Shards
@@ -268,7 +261,7 @@ def _inference_rdd(data, cfg):
     if isinstance(data, DataFrame):
         def infer_arrow(batches):
             import pyarrow as pa
-            for results in infer(cfg, feeder.partition_id(), iter(batches)):
+            for results in infer(cfg, partition_id(), iter(batches)):
                 yield pa.RecordBatch.from_pydict({"r": [pickle.dumps(results, protocol=5)]})
         return data.mapInArrow(infer_arrow, "r binary").rdd.flatMap(lambda row: pickle.loads(row.r))
     if isinstance(data, RDD):
@@ -431,7 +424,7 @@ def _start_node_job(cluster: TFCluster, base: dict, payload: bytes, spark_roles)
 
 def _job_failed(cluster: TFCluster) -> Optional[str]:
     if cluster._job_error is not None:
-        return f"the node job failed:\n{_job_error_text(cluster._job_error)}"
+        return f"the node job failed:\n{job_error_text(cluster._job_error)}"
     for node in cluster._driver_nodes:
         if node.proc.poll() is not None:
             return f"{node.what} exited with code {node.proc.returncode}"

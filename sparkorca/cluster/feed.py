@@ -71,7 +71,6 @@ class InputQueue:
         self.q: "queue.Queue" = queue.Queue(maxsize=QUEUE_BATCHES)
         self.terminated = threading.Event()
         self.ended = threading.Event()
-        self.rows_received = 0
 
     def put(self, item, timeout: Optional[float] = None) -> bool:
         """Block while full; False once the consumer has terminated the feed, or
@@ -196,7 +195,6 @@ class FeedHub:
         if q.terminated.is_set():
             channel.send({"type": "terminated", "rows": conn.rows_in})
             return
-        q.rows_received += conn.rows_in
         conn.input_done = True
         q.put(("end_partition", conn))
         if conn.mode == "inference":

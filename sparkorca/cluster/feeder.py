@@ -6,7 +6,6 @@ Runs on executors inside ``mapInArrow`` / ``mapPartitions``; imports stay light.
 
 from __future__ import annotations
 
-import os
 import pickle
 import socket
 import threading
@@ -159,9 +158,3 @@ def inference_partition(cfg: dict, partition: int,
 def _chain(first, rest):
     yield first
     yield from rest
-
-
-def partition_id() -> int:
-    from pyspark import TaskContext
-    ctx = TaskContext.get()
-    return ctx.partitionId() if ctx is not None else os.getpid()

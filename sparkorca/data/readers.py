@@ -17,8 +17,12 @@ from __future__ import annotations
 from typing import Callable, Dict
 
 from ..errors import InvalidArgumentError, NoContextError, OrcaRuntimeError
+from ..spark.session import job_error_text
 from .paths import expand_paths
 from .shards import Shards, split_rows
+
+# where the useful part of a failed read starts in Spark's error text
+_READ_ERRORS = ("ValueError: read_", "Malformed", "AnalysisException")
 
 # pandas keyword -> how it becomes a Spark CSV option
 SPARK_CSV_OPTIONS: Dict[str, Callable] = {
@@ -107,17 +111,8 @@ def _read(kind: str, path, kwargs: dict) -> Shards:
         from py4j.protocol import Py4JJavaError
         if isinstance(e, (PySparkException, Py4JJavaError)):
             raise OrcaRuntimeError(f"read_{kind}({path!r}) with the {backend} backend "
-                                   f"failed: {_short(e)}") from None
+                                   f"failed: {job_error_text(e, _READ_ERRORS, 2000)}") from None
         raise
-
-
-def _short(e: BaseException) -> str:
-    text = str(e)
-    for marker in ("ValueError: read_", "Malformed", "AnalysisException"):
-        if marker in text:
-            text = text[text.index(marker):]
-            break
-    return text.split("\n\tat ")[0].strip()[:2000]
 
 
 def read_csv(path, **kwargs) -> Shards:

@@ -137,8 +137,8 @@ def spark_df_to_ray_dataset(df):
     def run(tag, namespace):
         def put(batches):
             import pyarrow as pa
-            from pyspark import TaskContext
-            done = _put_partition(tag, namespace, TaskContext.get().partitionId(), batches)
+            from ..spark.executor import partition_id
+            done = _put_partition(tag, namespace, partition_id(), batches)
             yield pa.RecordBatch.from_pydict({"p": pa.array(done, pa.int64())})
         df.mapInArrow(put, "p long").collect()
     return _to_ray(run)

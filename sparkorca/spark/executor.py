@@ -35,3 +35,9 @@ def gpu_env(task_context) -> dict:
     if gpu is None or not gpu.addresses:
         return {}
     return {"CUDA_VISIBLE_DEVICES": ",".join(gpu.addresses)}
+
+
+def partition_id() -> int:
+    """This Spark task's partition (mapInArrow does not pass it to its function)."""
+    from pyspark import TaskContext
+    return TaskContext.get().partitionId()

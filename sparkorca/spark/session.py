@@ -143,6 +143,18 @@ def registered_executors(sc) -> int:
     return sc._jsc.sc().getExecutorIds().size()
 
 
+def job_error_text(error: BaseException, markers=("Traceback (most recent call last)",),
+                   limit: int = 4000) -> str:
+    """The useful part of a failed Spark job's error: from the first of ``markers``
+    (the Python traceback Spark carried back from the executor, by default) up to
+    the JVM stack; else the error's tail."""
+    text = str(error)
+    for marker in markers:
+        if marker in text:
+            return text[text.index(marker):].split("\n\tat ")[0].strip()[:limit]
+    return text.strip()[-limit:]
+
+
 def expected_executors(sc) -> Optional[int]:
     """How many executors the application asked for, where that is known."""
     import re
