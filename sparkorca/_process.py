@@ -9,22 +9,55 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import os
 import signal
 import subprocess
+import time
 from typing import Optional, Sequence
 
 import psutil
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, value: int) -> bool:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        return libc.prctl(option, value, 0, 0, 0) == 0
+    except OSError:  # not Linux
+        return False
 
 
 def die_with_parent() -> None:
     """preexec_fn: ask Linux to SIGKILL this child when its parent dies."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except OSError:  # not Linux: the owner's explicit stop still kills the tree
-        pass
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # elsewhere the owner's stop kills the tree
+
+
+def become_subreaper() -> bool:
+    """Make this process the parent of its orphaned descendants (Linux), so that
+    ``reap_descendants`` can wait for every one of them: orphans otherwise go to
+    the machine's init, which may reap them a second or more later."""
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def reap_descendants(timeout: float) -> bool:
+    """Wait, up to ``timeout`` seconds, until this process has no child left,
+    reaping each as it exits; True once none is left. For a subreaper whose
+    descendants have been killed."""
+    deadline = time.monotonic() + timeout
+    interval = 0.005
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if pid:
+            continue
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)  # a poll for exits, not a synchronisation sleep
+        interval = min(interval * 2, 0.1)
 
 
 def tail_file(path: str, lines: int = 100) -> str:
@@ -86,114 +119,3 @@ class Child:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             pass
-
-
-# --- hand-off between a launcher (often a Spark task) and a supervised process ---
-# The process reads its configuration from stdin, answers READY or FAILED <json>
-# once on stdout, and stays tied to the launcher until it reads DETACH on stdin:
-# EOF before that means the launcher died, and the process must stop.
-READY = "READY"
-FAILED = "FAILED"
-DETACH = "DETACH"
-
-
-def wait_until_released(owner_pid: int, extra: dict, stdin_fd: int = 0) -> str:
-    """Block until a reason to stop comes; return it.
-
-    Reasons: the owner process exits (watched through a pidfd, no polling);
-    stdin closes before DETACH was read; or one of the ``extra`` file
-    descriptors ({fd: reason}) becomes readable (a pidfd, a self-pipe).
-    """
-    import os
-    import select
-    try:
-        owner_fd = os.pidfd_open(owner_pid)
-    except (ProcessLookupError, OSError) as e:
-        return f"owner process {owner_pid} is gone ({e})"
-    reasons = {owner_fd: "owner exited", **extra}
-    poller = select.poll()
-    for fd in [*reasons, stdin_fd]:
-        poller.register(fd, select.POLLIN | select.POLLHUP)
-    attached = True
-    while True:
-        for fd, _ in poller.poll():
-            if fd != stdin_fd:
-                return reasons[fd]
-            data = os.read(stdin_fd, 64)
-            if not data:
-                poller.unregister(stdin_fd)
-                if attached:
-                    return "the launching task ended before detaching"
-            elif DETACH.encode() in data:
-                attached = False
-
-
-class RunningNode:
-    """A launched supervised process (a Ray node runner, a TFCluster node) still
-    tied to its launcher; ``temp_dir`` is its scratch, removed when it stops."""
-
-    def __init__(self, proc: subprocess.Popen, temp_dir: str, what: str, ready_timeout: float):
-        self.proc = proc
-        self.temp_dir = temp_dir
-        self.what = what
-        self.ready_timeout = ready_timeout
-
-    @property
-    def runner_pid(self) -> int:
-        return self.proc.pid
-
-    def detach(self) -> None:
-        """Let the process outlive its launcher (a Spark task)."""
-        self.proc.stdin.write(f"{DETACH}\n".encode())
-        self.proc.stdin.flush()
-        self.proc.stdin.close()
-
-    def terminate(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM and wait: the process stops what it runs and removes its temp dir."""
-        import shutil
-        self.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-def wait_ready(node: RunningNode, extra: float = 10.0, log_name: str = "runner.log") -> None:
-    """Block until ``node`` says READY; stop it and raise with its output otherwise."""
-    import json
-    import os
-    import select
-    import time
-    from .errors import OrcaRuntimeError, StartupTimeoutError
-    deadline = time.monotonic() + node.ready_timeout + extra
-    line = b""
-    while not line.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        ready, _, _ = select.select([node.proc.stdout], [], [], max(0.0, left))
-        if not ready:
-            node.stop()
-            raise StartupTimeoutError(f"timed out after {node.ready_timeout + extra:g}s "
-                                      f"waiting for {node.what} to start")
-        chunk = node.proc.stdout.read1(4096)
-        if not chunk:
-            break
-        line += chunk
-    text = line.decode(errors="replace").strip()
-    if text == READY:
-        node.proc.stdout.close()
-        return
-    if text.startswith(FAILED):
-        info = json.loads(text[len(FAILED):])
-        node.stop()
-        raise OrcaRuntimeError(f"{node.what} failed to start: {info['why']}\n"
-                               f"--- last output ---\n{info['tail']}")
-    runner_tail = tail_file(os.path.join(node.temp_dir, log_name))
-    node.stop()
-    raise OrcaRuntimeError(f"{node.what}: its supervisor exited unexpectedly (code "
-                           f"{node.proc.poll()})\n--- last output ---\n{runner_tail}")

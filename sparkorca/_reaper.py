@@ -52,6 +52,7 @@ class Reaper:
 
     def _send(self, msg: dict) -> None:
         if self._proc is not None:
+            assert self._proc.stdin is not None
             self._proc.stdin.write((json.dumps(msg) + "\n").encode())
             self._proc.stdin.flush()
 
@@ -63,6 +64,7 @@ class Reaper:
 
     def close(self) -> None:
         if self._proc is not None:
+            assert self._proc.stdin is not None
             self._send({"done": True})
             self._proc.stdin.close()
             self._proc.wait(30)

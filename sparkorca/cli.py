@@ -51,8 +51,8 @@ def doctor() -> int:
         ok = False
         print("Spark      MISSING: pip install 'pyspark>=3.5'")
     for what, dists, fix in _OPTIONAL:
-        version = _dist_version(dists)
-        print(f"{what:<10} {version if version else 'not installed (optional): ' + fix}")
+        found = _dist_version(dists)
+        print(f"{what:<10} {found if found else 'not installed (optional): ' + fix}")
     print("status     " + ("ready" if ok else "NOT READY: fix the MISSING lines above"))
     return 0 if ok else 1
 

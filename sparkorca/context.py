@@ -1,9 +1,14 @@
 """init_orca_context / stop_orca_context, and OrcaContext.
 
-Data flow: arguments -> ContextSpec (validated once, nothing started yet) ->
-resources this mode needs (a local standalone cluster, a packed environment, a
-log sink) -> rendered SparkLaunch -> SparkContext. Each started piece registers
-its undo on one ExitStack, so stop (and a failed start) unwind in reverse.
+Data flow, one direction: arguments -> ContextSpec (validated once, nothing
+started yet) -> the resources this start needs (a local standalone cluster, a
+packed environment) -> Plan (master, archive, driver address, flags at init) ->
+components started in order, each registering its stop on one ExitStack, so
+stop (and a failed start) undo them in reverse: Ray's raylets, then Spark, then
+the Ray head, the log sink, the scratch dir, the standalone cluster, the reaper.
+
+Features talk to the running context through a small internal API: ``current()``,
+``flags()`` and ``on_stop()``.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import inspect
 import logging
 import os
 import shutil
@@ -18,10 +24,15 @@ import sys
 import tempfile
 import threading
 import warnings
-from typing import Optional
+import weakref
+from typing import TYPE_CHECKING, Callable, Optional
 
-from .config import ContextSpec, Flags, build_spec, parse_memory
+from .config import ContextSpec, Flags, FlagValues, build_spec
 from .errors import NoContextError
+from .plan import Plan, make_plan
+
+if TYPE_CHECKING:
+    from pyspark import SparkContext
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +43,47 @@ _lock = threading.RLock()
 @dataclasses.dataclass
 class _Running:
     spec: ContextSpec
-    sc: object
+    sc: Optional[SparkContext]
     stack: contextlib.ExitStack
+    plan: Optional[Plan] = None
     adopted: bool = False
-    log_output: bool = False
-    launch: object = None
-    standalone: object = None
     ray: object = None  # sparkorca.ray.RayContext, once Ray is started
+    standalone: object = None  # the local standalone cluster this context started
 
 
 _running: Optional[_Running] = None
+
+
+# -- the internal API features use ------------------------------------------
+def current() -> Optional[_Running]:
+    """The running context's record, or None."""
+    return _running
+
+
+running_context = current  # the name earlier code used
+
+
+def flags() -> FlagValues:
+    """The OrcaContext flags as they are now."""
+    return _flags.snapshot()
+
+
+def on_stop(callback: Callable[[], None], sc=None) -> bool:
+    """Run ``callback`` when the running context stops (before what started before
+    it); only if its SparkContext is ``sc`` when given. Whether it was registered.
+
+    A bound method is held weakly: an object the program has let go of (a TFCluster
+    shut down long ago) is not kept alive until the context stops.
+    """
+    with _lock:
+        if _running is None or (sc is not None and _running.sc is not sc):
+            return False
+        if inspect.ismethod(callback):
+            method = weakref.WeakMethod(callback)
+            _running.stack.callback(lambda: (method() or (lambda: None))())
+        else:
+            _running.stack.callback(callback)
+        return True
 
 
 def init_orca_context(cluster_mode=None, runtime="spark", cores=None, memory="2g", num_nodes=1,
@@ -68,8 +110,8 @@ def init_orca_context(cluster_mode=None, runtime="spark", cores=None, memory="2g
     **kwargs
         driver_cores, driver_memory, extra_python_lib, conf, env, master,
         container_image, penv_archive, python_location, hadoop_conf,
-        hadoop_user_name, extra_executor_memory_for_ray and the Ray options.
-        Any other name is an error.
+        hadoop_user_name, extra_executor_memory_for_ray, spark_log_level,
+        redirect_spark_log and the Ray options. Any other name is an error.
 
     Examples
     --------
@@ -88,125 +130,108 @@ def init_orca_context(cluster_mode=None, runtime="spark", cores=None, memory="2g
                           "unchanged (call stop_orca_context() first to start a different "
                           "one)", stacklevel=2)
             return _running.ray if _running.sc is None else _running.sc
-        if spec.runtime == "ray":
-            _running = _start_ray_only(spec)
-            return _running.ray
-        _running = _start(spec)
-        return _running.sc
+        stack = contextlib.ExitStack()
+        try:
+            _running = (_start_ray_only(spec, stack) if spec.runtime == "ray"
+                        else _start(spec, flags(), stack))
+        except BaseException:
+            stack.close()
+            raise
+        return _running.ray if spec.runtime == "ray" else _running.sc
 
 
-def _start_ray_only(spec: ContextSpec) -> _Running:
+def _start_ray_only(spec: ContextSpec, stack: contextlib.ExitStack) -> _Running:
     from .ray import RayContext
     from .ray.local import LocalRay
     backend = LocalRay(spec)
-    stack = contextlib.ExitStack()
     stack.callback(backend.stop)
-    try:
-        backend.start()
-    except BaseException:
-        stack.close()
-        raise
+    backend.start()
     return _Running(spec=spec, sc=None, stack=stack, ray=RayContext(backend))
 
 
-def _plan_ray(spec: ContextSpec, master: str, conf: dict):
-    """Size Ray against the Spark application; raises before anything waits."""
+def _ray_on_spark(spec: ContextSpec, master: str, conf: dict, flag_values: FlagValues,
+                  driver_host: str):
+    """RayOnSpark sized against the Spark application; raises before anything waits."""
+    from .ray.cluster import RayOnSpark
     from .ray.sizing import plan_ray, spark_capacity
-    return plan_ray(spec, spark_capacity(master, conf), barrier=_flags.get("barrier_mode"),
+    plan = plan_ray(spec, spark_capacity(master, conf), barrier=flag_values.barrier_mode,
                     driver_memory=conf.get("spark.driver.memory"))
+    return RayOnSpark(spec, plan, hub_host=conf.get("spark.driver.host", driver_host))
 
 
 def _start_ray_on(running: _Running) -> None:
     """Start RayOnSpark on a running Spark context (adopted, or lazily on demand)."""
     from .ray import RayContext
-    from .ray.cluster import RayOnSpark
     sc = running.sc
-    plan = _plan_ray(running.spec, sc.master, dict(sc.getConf().getAll()))
-    cluster = RayOnSpark(running.spec, plan)
+    if sc is None:
+        raise NoContextError("this context runs runtime='ray' and its Ray was stopped; "
+                             "stop_orca_context() and start a new one")
+    assert sc.master is not None
+    cluster = _ray_on_spark(running.spec, sc.master, dict(sc.getConf().getAll()), flags(),
+                            running.plan.driver_host if running.plan else "127.0.0.1")
     running.stack.callback(cluster.stop)
-    try:
-        cluster.start_head()
-        cluster.attach(sc)
-    except BaseException:
-        cluster.stop()
-        raise
+    cluster.start_head()
+    cluster.attach(sc)
     running.ray = RayContext(cluster)
 
 
-def _start(spec: ContextSpec) -> _Running:
+def _start(spec: ContextSpec, flag_values: FlagValues, stack: contextlib.ExitStack) -> _Running:
     from .spark import session, submit
-
-    log_output = _flags.get("log_output")
     existing = session.active_spark_context()
     if existing is not None:
         warnings.warn(
             f"init_orca_context: adopting the SparkContext already running in this process "
             f"(master {existing.master}); its configuration is kept and the arguments given "
-            "here are not applied. stop_orca_context() will leave it running.", stacklevel=3)
-        running = _Running(spec=spec, sc=existing, stack=contextlib.ExitStack(), adopted=True)
-        return _with_ray_if_asked(running)
-    if spec.cluster_mode == "spark-submit" or (spec.is_cluster_deploy
-                                               and submit.running_resubmitted()):
-        return _with_ray_if_asked(_adopt_submitted(spec))
-
-    from .spark.java import check_java
-    check_java()
-    if spec.is_cluster_deploy:
-        _resubmit_and_exit(spec)
-
-    stack = contextlib.ExitStack()
-    try:
-        return _start_owned(spec, stack, log_output)
-    except BaseException:
-        stack.close()
-        raise
-
-
-def _with_ray_if_asked(running: _Running) -> _Running:
-    if running.spec.init_ray_on_spark:
-        try:
-            _start_ray_on(running)
-        except BaseException:
-            running.stack.close()
-            raise
+            "here are not applied. stop_orca_context() will leave it running.", stacklevel=4)
+        running = _Running(spec=spec, sc=existing, stack=stack, adopted=True)
+    elif spec.cluster_mode == "spark-submit" or (spec.is_cluster_deploy
+                                                 and submit.running_resubmitted()):
+        running = _adopt_submitted(spec, stack)
+    else:
+        from .spark.java import check_java
+        check_java()
+        if spec.is_cluster_deploy:
+            _resubmit_and_exit(spec, flag_values)
+        return _start_owned(spec, flag_values, stack)
+    if spec.init_ray_on_spark:
+        _start_ray_on(running)
     return running
 
 
-def _start_owned(spec: ContextSpec, stack: contextlib.ExitStack, log_output: bool) -> _Running:
-    from .spark import session
-    from .spark.conf import needs_packed_env, render_launch
+def _start_owned(spec: ContextSpec, flag_values: FlagValues,
+                 stack: contextlib.ExitStack) -> _Running:
+    from ._reaper import Reaper
+    from .spark import needs_packed_env, session
+    from .spark.conf import render_launch
+    from .spark.java import spark_home
     from .spark.logs import LogSink, log_daemon_source
     from .spark.pyenv import pack_environment
-    from .spark.java import spark_home
     from .spark.standalone import LocalStandaloneCluster
 
     ray_cluster = None
-    if spec.init_ray_on_spark:  # validated against the sizes Spark will have: pure
-        from .ray.cluster import RayOnSpark
-        planned = render_launch(spec)
-        ray_cluster = RayOnSpark(spec, _plan_ray(spec, planned.master, planned.conf))
+    if spec.init_ray_on_spark:  # sized against what Spark will have: pure, before any start
+        sketch = make_plan(spec, flag_values)
+        ray_cluster = _ray_on_spark(spec, sketch.master, render_launch(sketch).conf,
+                                    flag_values, sketch.driver_host)
 
-    from ._reaper import Reaper
     reaper = Reaper()  # removes what the steps below leave if this process is killed
     stack.callback(reaper.close)
-    if ray_cluster is not None:
-        stack.callback(ray_cluster.stop)
-
-    standalone = None
+    master = standalone = None
     if spec.cluster_mode == "standalone" and spec.master is None:
-        standalone = LocalStandaloneCluster(
-            num_workers=spec.num_nodes, cores=spec.executor_cores,
-            memory_mb=parse_memory("memory", spec.memory) >> 20)
+        standalone = LocalStandaloneCluster(num_workers=spec.num_nodes,
+                                            cores=spec.executor_cores, memory_mb=spec.memory.mb)
         stack.callback(standalone.stop)
         standalone.start()
+        assert standalone.root is not None
         reaper.remove_on_crash(standalone.root)
         for pid in standalone.pids():
             reaper.wait_for_on_crash(pid)
-        spec = spec.replace(master=standalone.master_url)
-    if needs_packed_env(spec):
-        spec = spec.replace(penv_archive=pack_environment())
+        master = standalone.master_url
+    archive = pack_environment() if needs_packed_env(spec) else None
+    plan = make_plan(spec, flag_values, master=master, penv_archive=archive)
+    launch = render_launch(plan)
 
-    launch = render_launch(spec, log_output=log_output)
+    driver_env = dict(launch.driver_env)
     if spec.is_local:
         # Local modes write scratch files (block managers, shuffle) into a dir of
         # ours, removed at stop. The env var, unlike spark.local.dir, does not make
@@ -214,38 +239,42 @@ def _start_owned(spec: ContextSpec, stack: contextlib.ExitStack, log_output: boo
         scratch = tempfile.mkdtemp(prefix="sparkorca-driver-")
         stack.callback(shutil.rmtree, scratch, ignore_errors=True)
         reaper.remove_on_crash(scratch)
-        launch = dataclasses.replace(
-            launch, driver_env={**launch.driver_env, "SPARK_LOCAL_DIRS": scratch})
+        driver_env["SPARK_LOCAL_DIRS"] = scratch
     sink = None
     if "spark.python.daemon.module" in launch.conf:
-        sink = LogSink(spec.driver_host)
+        sink = LogSink(plan.driver_host)
         stack.callback(sink.stop)
     stack.enter_context(session.temporary_environ(spec.env))
-
-    app_work_dirs = []
+    app_work_dirs: list = []
     stack.callback(_remove_app_work_dirs, app_work_dirs)  # runs after Spark has stopped
     if ray_cluster is not None:
         ray_cluster.start_head()  # comes up while the Spark driver JVM starts
-    owned = session.start_spark(launch, log_output)
+        stack.callback(ray_cluster.stop_head)
+    owned = session.start_spark(dataclasses.replace(launch, driver_env=driver_env),
+                                flag_values.log_output)
     stack.callback(owned.stop)
-    reaper.wait_for_on_crash(owned.gateway_pid)
+    sc = owned.sc
+    gateway_pid = owned.gateway_pid
+    if gateway_pid is not None:
+        reaper.wait_for_on_crash(gateway_pid)
+    if spec.spark_log_level:
+        sc.setLogLevel(spec.spark_log_level)
     if launch.master.startswith("local-cluster"):
         # local-cluster's in-JVM workers ignore SPARK_WORKER_DIR: executors work in
         # SPARK_HOME/work/<application id>, which nothing else would remove.
-        app_work_dirs.append(os.path.join(spark_home(), "work", owned.sc.applicationId))
+        app_work_dirs.append(os.path.join(spark_home(), "work", sc.applicationId))
         reaper.remove_on_crash(app_work_dirs[-1])
     if sink is not None:
-        owned.sc.addFile(log_daemon_source())
+        sc.addFile(log_daemon_source())
         # Sent to executors inside each task, never through Spark conf.
-        owned.sc.environment.update(sink.worker_env())
-    ray_ctx = None
+        sc.environment.update(sink.worker_env())
+    running = _Running(spec=spec, sc=sc, stack=stack, plan=plan, standalone=standalone)
     if ray_cluster is not None:
         from .ray import RayContext
-        stack.callback(ray_cluster.stop)  # Ray stops before Spark does
-        ray_cluster.attach(owned.sc)
-        ray_ctx = RayContext(ray_cluster)
-    return _Running(spec=spec, sc=owned.sc, stack=stack, log_output=log_output,
-                    launch=launch, standalone=standalone, ray=ray_ctx)
+        stack.callback(ray_cluster.stop_raylets)  # before Spark stops
+        ray_cluster.attach(sc)
+        running.ray = RayContext(ray_cluster)
+    return running
 
 
 def _remove_app_work_dirs(dirs: list) -> None:
@@ -255,7 +284,7 @@ def _remove_app_work_dirs(dirs: list) -> None:
             os.rmdir(os.path.dirname(d))  # the work dir itself, if we were its only user
 
 
-def _adopt_submitted(spec: ContextSpec) -> _Running:
+def _adopt_submitted(spec: ContextSpec, stack: contextlib.ExitStack) -> _Running:
     from .spark import session
     ignored = [name for name in ("conf", "env", "extra_python_lib", "penv_archive", "master")
                if getattr(spec, name)]
@@ -263,21 +292,21 @@ def _adopt_submitted(spec: ContextSpec) -> _Running:
         warnings.warn(
             f"cluster_mode='{spec.cluster_mode}': spark-submit already configured this "
             f"application; ignoring {', '.join(ignored + (['cores'] if spec.cores else []))} "
-            "(pass them to spark-submit instead)", stacklevel=4)
+            "(pass them to spark-submit instead)", stacklevel=5)
     sc = session.adopt_spark_submit_context()
-    stack = contextlib.ExitStack()
     stack.callback(session.stop_session_and_context, sc)
     return _Running(spec=spec, sc=sc, stack=stack)
 
 
-def _resubmit_and_exit(spec: ContextSpec) -> None:
-    from .spark.conf import needs_packed_env, render_launch
+def _resubmit_and_exit(spec: ContextSpec, flag_values: FlagValues) -> None:
+    from .spark import needs_packed_env
+    from .spark.conf import render_launch
     from .spark.pyenv import pack_environment
     from .spark.submit import main_script, resubmit
     script = main_script()
-    if needs_packed_env(spec):
-        spec = spec.replace(penv_archive=pack_environment())
-    code = resubmit(render_launch(spec), script, sys.argv[1:])
+    archive = pack_environment() if needs_packed_env(spec) else None
+    code = resubmit(render_launch(make_plan(spec, flag_values, penv_archive=archive)), script,
+                    sys.argv[1:])
     # The program ran on the cluster; this process only reports how it ended.
     raise SystemExit(code)
 
@@ -337,6 +366,7 @@ class _OrcaContextMeta(type):
     pandas_read_backend = _flag("pandas_read_backend")
     train_data_store = _flag("train_data_store")
     shard_size = _flag("shard_size")
+    _shard_size = _flag("shard_size")  # Orca's own programs spell it this way
 
 
 class OrcaContext(metaclass=_OrcaContextMeta):
@@ -390,9 +420,4 @@ def _require_running() -> _Running:
     if _running is None:
         raise NoContextError("no sparkorca context is running; start one with "
                              "init_orca_context(cluster_mode='local', cores=2)")
-    return _running
-
-
-def running_context() -> Optional[_Running]:
-    """The running context's record (for sparkorca's own modules), or None."""
     return _running

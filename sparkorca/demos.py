@@ -37,11 +37,12 @@ def parameter_server(cores: int = 2, iterations: int = 20) -> str:
                 ray.get(ps.update_parameters.remote(update))
                 time.sleep(0.01)  # a little simulated work
 
-        ps = ParameterServer.remote(dim)
+        ps = ParameterServer.remote(dim)  # type: ignore[attr-defined]
         ray.get(worker.remote(ps, dim, 1))
         ray.get([worker.remote(ps, dim, iterations) for _ in range(2)])
         params = ray.get(ps.get_parameters.remote())
         spark_sum = sc.parallelize(range(1000), 4).sum()
         return (f"Ray cluster {ray_ctx.redis_address} inside Spark {sc.master}: "
-                f"{len(ray.nodes())} nodes; parameters after {2 * iterations + 1} async updates "
-                f"= {np.round(params[:3], 4).tolist()}...; Spark sum(0..999) = {spark_sum}")
+                f"{len(ray.nodes())} Ray node(s); parameters after {2 * iterations + 1} async "
+                f"updates = {np.round(params[:3], 4).tolist()}...; Spark sum(0..999) = "
+                f"{spark_sum}")

@@ -15,6 +15,8 @@ class InvalidArgumentError(OrcaError, ValueError):
     The message names the parameter, the bad value and what is accepted.
     """
 
+    errors: "list[InvalidArgumentError]"  # set by all_of on a combined error
+
     def __init__(self, name, value, accepted, hint=None):
         self.name = name
         self.value = value
@@ -23,6 +25,19 @@ class InvalidArgumentError(OrcaError, ValueError):
         if hint:
             msg += f". {hint}"
         super().__init__(msg)
+
+    @classmethod
+    def all_of(cls, errors) -> "InvalidArgumentError":
+        """One error that names every bad argument (the first one's attributes),
+        so a user fixes them all at once, as argparse reports them."""
+        errors = list(errors)
+        if len(errors) == 1:
+            return errors[0]
+        first = errors[0]
+        combined = cls(first.name, first.value, first.accepted)
+        combined.args = ("; and ".join(str(e) for e in errors),)
+        combined.errors = errors
+        return combined
 
 
 class UnknownArgumentError(OrcaError, TypeError):

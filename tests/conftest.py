@@ -11,7 +11,7 @@ import tempfile
 import psutil
 import pytest
 
-from sparkorca import OrcaContext, StartupTimeoutError, stop_orca_context
+from sparkorca import OrcaContext, StartupTimeoutError, init_orca_context, stop_orca_context
 from sparkorca._wait import wait_for
 from sparkorca.spark.java import spark_home
 from sparkorca.spark.pyenv import pack_environment
@@ -54,19 +54,46 @@ def leftovers(before_procs: dict, before_temps: set):
     return procs, temps
 
 
+# Spark's own Python workers: they stay between tasks and end with their context.
+SPARK_WORKERS = ("pyspark.daemon", "pyspark.worker", "sparkorca_log_daemon")
+
+
 @pytest.fixture(autouse=True)
-def no_leaks():
-    """Fail a test that leaves an engine process or temp dir behind (30 s grace)."""
+def no_leaks(request):
+    """Fail a test that leaves an engine process or temp dir behind (30 s grace).
+
+    A test on a module's shared context (``shared_sc``) leaves that context running;
+    what it started itself (TFClusters, node processes, temp dirs) must still go.
+    """
+    shared = "shared_sc" in request.fixturenames
     before_procs, before_temps = engine_processes(), temp_entries()
     yield
-    stop_orca_context()
+    if not shared:
+        stop_orca_context()
     OrcaContext.reset_flags()
+
+    def left():
+        procs, temps = leftovers(before_procs, before_temps)
+        if shared:
+            procs = {p: c for p, c in procs.items() if not any(w in c for w in SPARK_WORKERS)}
+        return procs, temps
     try:
-        wait_for(lambda: not any(leftovers(before_procs, before_temps)), 30,
+        wait_for(lambda: not any(left()), 30,
                  "engine processes and temp dirs of the test to go away")
     except StartupTimeoutError:
-        procs, temps = leftovers(before_procs, before_temps)
+        procs, temps = left()
         pytest.fail(f"test left behind processes {procs} and temp entries {sorted(temps)}")
+
+
+def shared_context(**kwargs):
+    """A module-scoped context fixture: one Spark application for a module's tests,
+    stopped (and checked by the next test's leak check) when the module ends."""
+    @pytest.fixture(scope="module")
+    def shared_sc():
+        sc = init_orca_context(**kwargs)
+        yield sc
+        stop_orca_context()
+    return shared_sc
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,11 @@ import pyarrow as pa
 import pytest
 
 from sparkorca.cluster import roles, rows
-from sparkorca.cluster.channel import AuthenticationError, Channel, connect_tcp
 from sparkorca.cluster.node_context import absolute_path
 from sparkorca.cluster.reservation import ReservationServer
 from sparkorca.cluster.store import DiskStore, MemoryStore
 from sparkorca.errors import InvalidArgumentError
+from sparkorca.node.channel import AuthenticationError, Channel, connect_tcp
 
 
 def test_roles_follow_tensorflowonspark_layout():
@@ -112,7 +112,8 @@ def test_batches_stay_bounded_in_size():
 
 
 def test_disk_store_replays_one_part_at_a_time(tmp_path):
-    batches = [pa.RecordBatch.from_pydict({"x": list(range(i * 10, i * 10 + 10))}) for i in range(8)]
+    batches = [pa.RecordBatch.from_pydict({"x": list(range(i * 10, i * 10 + 10))})
+               for i in range(8)]
     disk, mem = DiskStore(str(tmp_path / "s"), 4), MemoryStore()
     for b in batches:
         disk.add(b)

@@ -4,8 +4,13 @@ import builtins
 
 import pytest
 
-from sparkorca import (InvalidArgumentError, OrcaContext, OrcaError, UnknownArgumentError,
-                       init_orca_context)
+from sparkorca import (
+    InvalidArgumentError,
+    OrcaContext,
+    OrcaError,
+    UnknownArgumentError,
+    init_orca_context,
+)
 from sparkorca.config import build_spec, parse_memory
 
 
@@ -120,3 +125,11 @@ def test_flag_defaults():
     assert OrcaContext.pandas_read_backend == "spark"
     assert OrcaContext.train_data_store == "DRAM"
     assert OrcaContext.shard_size is None
+
+
+def test_k8s_modes_name_every_missing_requirement():
+    with pytest.raises(InvalidArgumentError) as err:
+        init_orca_context(cluster_mode="k8s-client")
+    msg = str(err.value)
+    assert "master=None" in msg and "container_image=None" in msg
+    assert _no_jvm()

@@ -7,8 +7,16 @@ import warnings
 import pytest
 from conftest import QUIET
 
-from sparkorca import (NoContextError, OrcaContext, OrcaRuntimeError, init_orca_context,
-                       orca_context, stop_orca_context)
+from sparkorca import (
+    NoContextError,
+    OrcaContext,
+    OrcaRuntimeError,
+    init_orca_context,
+    orca_context,
+    stop_orca_context,
+)
+
+pytestmark = pytest.mark.engine
 
 
 def test_local_run_stop_and_init_again():

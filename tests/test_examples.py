@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.engine
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -33,6 +35,7 @@ def test_tfos_style_program_runs_with_imports_changed_only(tmp_path):
     """A TensorFlowOnSpark program (DataFeed loop with next_batch, should_stop,
     terminate and batch_results), launched by spark-submit on a plain SparkContext."""
     import shutil
+
     from sparkorca.spark.java import spark_home, spark_submit
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, HOME=str(tmp_path))
     work = os.path.join(spark_home(), "work")

@@ -5,8 +5,8 @@ from pyspark.resource import ResourceInformation
 
 from sparkorca import InvalidArgumentError
 from sparkorca.config import build_spec
-from sparkorca.spark.executor import gpu_env
 from sparkorca.ray.sizing import MIN_OBJECT_STORE, plan_ray, spark_capacity
+from sparkorca.spark.executor import gpu_env
 
 
 def test_capacity_from_master_and_conf():

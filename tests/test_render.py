@@ -4,9 +4,11 @@ import sys
 
 import pytest
 
-from sparkorca.config import ContextSpec
+from sparkorca.config import ContextSpec, FlagValues
+from sparkorca.plan import make_plan
 from sparkorca.spark import render_conf
-from sparkorca.spark.conf import SHIPPED_PYTHON, render_launch
+from sparkorca.spark.conf import render_launch
+from sparkorca.spark.managers import SHIPPED_PYTHON
 
 
 @pytest.fixture
@@ -163,7 +165,8 @@ def test_log_output_sets_the_forwarding_daemon_off_local():
 
 
 def test_no_secret_or_token_in_rendered_conf():
-    launch = render_launch(ContextSpec(cluster_mode="local-cluster"), log_output=True)
+    plan = make_plan(ContextSpec(cluster_mode="local-cluster"), FlagValues(log_output=True))
+    launch = render_launch(plan)
     assert not any("TOKEN" in k.upper() or "SECRET" in k.upper() for k in launch.conf)
 
 

@@ -9,6 +9,8 @@ from conftest import MARKER_MODULE, QUIET
 from sparkorca import OrcaRuntimeError, init_orca_context, stop_orca_context
 from sparkorca.context import running_context
 
+pytestmark = pytest.mark.engine
+
 
 def test_join_an_existing_standalone_cluster(standalone_cluster):
     sc = init_orca_context(cluster_mode="standalone", master=standalone_cluster.master_url,

@@ -5,8 +5,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from sparkorca.spark.java import spark_submit
 from sparkorca.spark.submit import run_spark_submit
+
+pytestmark = pytest.mark.engine
 
 PROGRAM = textwrap.dedent("""
     import warnings

@@ -9,13 +9,15 @@ import time
 import numpy as np
 import psutil
 import pytest
+from conftest import QUIET, shared_context
 from pyspark import cloudpickle
 
-from conftest import QUIET
-from sparkorca import init_orca_context, OrcaContext
+from sparkorca import OrcaContext, init_orca_context
 from sparkorca._wait import wait_for
 from sparkorca.cluster import TFCluster, TFNode
 from sparkorca.errors import InvalidArgumentError, OrcaRuntimeError, StartupTimeoutError
+
+pytestmark = pytest.mark.engine
 
 # map_funs below travel by value: executors cannot import this test module.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -23,8 +25,19 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 SPARK = TFCluster.InputMode.SPARK
 
 
+# One Spark application for the module's tests (the leak check still runs after each).
+shared_sc = shared_context(cluster_mode="local-cluster", num_nodes=2, cores=1, memory="1g",
+                           conf=QUIET)
+
+
 @pytest.fixture
-def sc():
+def sc(shared_sc):
+    return shared_sc
+
+
+@pytest.fixture
+def own_sc():
+    """A context of the test's own, for a test that damages it (kills an executor)."""
     return init_orca_context(cluster_mode="local-cluster", num_nodes=2, cores=1, memory="1g",
                              conf=QUIET)
 
@@ -105,6 +118,21 @@ def keras_main(args, ctx):
                        "tf_config": json.loads(os.environ["TF_CONFIG"])}, f)
     while not feed.should_stop():  # hold on until shutdown ends the feed
         feed.next_batch(1)
+
+
+# First: it needs a context of its own, before the module's shared one starts.
+def test_executor_loss_fails_train_with_a_clear_error(own_sc):
+    sc = own_sc
+    cluster = TFCluster.run(sc, memory_main, "/nonexistent", num_executors=2, input_mode=SPARK)
+    victim = cluster.cluster_info[1]
+    node = psutil.Process(victim["pid"])
+    find_executor_jvm(victim["executor_id"]).send_signal(signal.SIGKILL)
+    psutil.wait_procs([node], timeout=30)
+    assert not node.is_running()  # the node died with its executor
+    with pytest.raises(OrcaRuntimeError, match="node 1 .* was lost"):
+        cluster.train(sc.parallelize(range(1000), 4))
+    with pytest.raises(OrcaRuntimeError, match="was lost"):
+        cluster.shutdown()
 
 
 def test_keras_multiworker_mirrored_trains_digits_from_a_dataframe(sc, tmp_path):
@@ -316,8 +344,8 @@ def test_bad_arguments_fail_before_anything_starts(sc):
                          ({"num_executors": 2, "num_ps": 2}, "num_executors")]:
         with pytest.raises(InvalidArgumentError, match=name):
             TFCluster.run(sc, blocked_main, None, **kwargs)
-    assert not [p for p in psutil.process_iter(["cmdline"])
-                if p.pid not in before and "sparkorca.cluster.node" in " ".join(p.info["cmdline"] or [])]
+    started = [p for p in psutil.process_iter(["cmdline"]) if p.pid not in before]
+    assert not [p for p in started if "sparkorca.cluster.node" in " ".join(p.info["cmdline"] or [])]
     cluster = TFCluster.run(sc, doubling_main, None, num_executors=2, input_mode=SPARK)
     for epochs in (0, -1, 1.5):
         with pytest.raises(InvalidArgumentError, match="num_epochs"):
@@ -333,19 +361,6 @@ def find_executor_jvm(exec_id):
         if "--executor-id" in cmd and cmd[cmd.index("--executor-id") + 1] == exec_id:
             return p
     raise AssertionError(f"no JVM of executor {exec_id}")
-
-
-def test_executor_loss_fails_train_with_a_clear_error(sc):
-    cluster = TFCluster.run(sc, memory_main, "/nonexistent", num_executors=2, input_mode=SPARK)
-    victim = cluster.cluster_info[1]
-    node = psutil.Process(victim["pid"])
-    find_executor_jvm(victim["executor_id"]).send_signal(signal.SIGKILL)
-    psutil.wait_procs([node], timeout=30)
-    assert not node.is_running()  # the node died with its executor
-    with pytest.raises(OrcaRuntimeError, match="node 1 .* was lost"):
-        cluster.train(sc.parallelize(range(1000), 4))
-    with pytest.raises(OrcaRuntimeError, match="was lost"):
-        cluster.shutdown()
 
 
 def test_terminate_stops_feeding_promptly(sc, tmp_path):
@@ -411,8 +426,10 @@ def test_tensorboard_runs_on_the_chief_and_stops_with_the_cluster(sc, tmp_path):
                             master_node="chief", tensorboard=True, log_dir=str(tmp_path))
     url = cluster.tensorboard_url()
     chief = next(n for n in cluster.cluster_info if n["job_name"] == "chief")
-    assert url == f"http://{chief['host']}:{chief['tb_port']}"
-    wait_for(lambda: answers(url), 120, f"TensorBoard to answer at {url}")
+    root = f"http://{chief['host']}:{chief['tb_port']}/"
+    assert url.startswith(root) and len(url) > len(root) + 20  # served under a secret path
+    assert answers(url)  # it serves once run() returns
+    assert not answers(root)  # and nothing without the secret path
     cluster.shutdown()
     assert not answers(url)
 

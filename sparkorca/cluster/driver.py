@@ -1,91 +1,223 @@
 """TFCluster: TensorFlowOnSpark's driver API on sparkorca.
 
-``run()`` validates everything, starts the authenticated reservation server on
-the driver address, launches one node per executor from a (barrier) Spark job,
-and returns once every node has registered and got the cluster. ``train()`` /
-``inference()`` stream partitions to the nodes as Arrow; ``shutdown()`` ends
-the feed, waits for the nodes' results, and stops every node.
+``run()`` validates everything into a ClusterPlan, and a TFCluster built from it
+starts the authenticated reservation (a node hub) on the driver's address,
+launches one node per executor from a (barrier) Spark job, and returns once
+every node has registered and got the cluster. ``train()`` / ``inference()``
+stream partitions to the nodes as Arrow; ``shutdown()`` ends the feed, waits for
+the nodes' results, and stops every node.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import logging
-import numbers
 import os
 import pickle
 import secrets
-import threading
-from typing import List, Optional
+import weakref
+from typing import TYPE_CHECKING, Callable, List, Optional
 
-from .._wait import wait_for
-from ..spark.executor import partition_id
-from ..spark.session import job_error_text
+from .. import _validate as check
+from ..config import FlagValues
 from ..errors import InvalidArgumentError, OrcaRuntimeError, StartupTimeoutError
+from ..node.hub import FINAL, NodeState
+from ..node.job import SparkJob
+from ..node.launch import RunningNode
+from ..spark.executor import partition_id
 from . import feeder
 from . import roles as rolemod
+from .node_config import TFNodeConfig
 from .node_context import lock_path
-from .reservation import FINAL, ReservationServer
-from .roles import InputMode
+from .reservation import ReservationServer
+from .roles import InputMode, NodeRole
+
+if TYPE_CHECKING:
+    from pyspark import RDD
 
 log = logging.getLogger(__name__)
 
 EXECUTOR_WAIT = 120.0
 
 
-def _positive(name, value, allow_forever=False):
-    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-          and (value > 0 or (allow_forever and value == -1)))
-    if not ok:
-        raise InvalidArgumentError(name, value, "a number of seconds > 0"
-                                   + (" (or -1: no limit)" if allow_forever else ""))
-    return float(value)
+@dataclasses.dataclass(frozen=True)
+class ClusterPlan:
+    """A TFCluster's arguments, validated, with the flags at ``run()``."""
+
+    roles: List[NodeRole]
+    input_mode: int
+    queues: List[str]
+    tensorboard: bool
+    log_dir: Optional[str]
+    release_port: bool
+    master_node: Optional[str]
+    reservation_timeout: float
+    flags: FlagValues
+
+    @property
+    def spark_roles(self) -> List[NodeRole]:
+        return [r for r in self.roles if not r.on_driver]
+
+
+def plan_cluster(num_executors, num_ps=0, tensorboard=False, input_mode=InputMode.TENSORFLOW,
+                 log_dir=None, driver_ps_nodes=False, master_node=None,
+                 reservation_timeout=600, queues=("input", "output", "error"),
+                 eval_node=False, release_port=True,
+                 flags: Optional[FlagValues] = None) -> ClusterPlan:
+    """Validate ``TFCluster.run``'s arguments; raises before anything starts."""
+    roles = rolemod.plan_roles(num_executors, num_ps, master_node, eval_node, driver_ps_nodes)
+    if input_mode not in (InputMode.TENSORFLOW, InputMode.SPARK):
+        raise InvalidArgumentError("input_mode", input_mode,
+                                   "InputMode.TENSORFLOW (0) or InputMode.SPARK (1)")
+    queues = list(queues)
+    if not queues or not all(isinstance(q, str) and q for q in queues):
+        raise InvalidArgumentError("queues", queues, "a non-empty list of queue names")
+    check.boolean("tensorboard", tensorboard)
+    check.boolean("release_port", release_port)
+    if log_dir is not None and not isinstance(log_dir, str):
+        raise InvalidArgumentError("log_dir", log_dir, "None or a directory path")
+    if tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise InvalidArgumentError("tensorboard", True,
+                                   "False, or install tensorboard (pip install tensorboard)")
+    return ClusterPlan(roles=roles, input_mode=input_mode, queues=queues,
+                       tensorboard=tensorboard, log_dir=log_dir, release_port=release_port,
+                       master_node=master_node,
+                       reservation_timeout=check.seconds("reservation_timeout",
+                                                         reservation_timeout),
+                       flags=flags or FlagValues())
 
 
 class TFCluster:
-    """A running TFCluster (see ``run``). Attributes as TensorFlowOnSpark had them."""
+    """A TFCluster started from a ClusterPlan (see ``run``). Attributes as
+    TensorFlowOnSpark had them: sc, defaultFS, working_dir, num_executors,
+    nodeRDD, cluster_id, cluster_info, cluster_meta, input_mode, queues, server."""
 
-    def __init__(self):
-        self.sc = None
-        self.defaultFS: Optional[str] = None
-        self.working_dir: Optional[str] = None
-        self.num_executors: Optional[int] = None
-        self.nodeRDD = None
-        self.cluster_id: Optional[str] = None
+    def __init__(self, sc, plan: ClusterPlan):
+        self.sc = sc
+        self.plan = plan
+        self.num_executors = len(plan.roles)
+        self.input_mode = plan.input_mode
+        self.queues = plan.queues
+        self.cluster_id = secrets.token_hex(4)
+        fs = sc._jsc.hadoopConfiguration().get("fs.defaultFS") or "file:///"
+        self.defaultFS = fs[:-1] if fs.startswith("file://") and fs.endswith("/") else fs
+        self.working_dir = os.getcwd()
+        self.server = ReservationServer(sc.getConf().get("spark.driver.host"),
+                                        secrets.token_bytes(32), plan.roles)
+        self.cluster_meta = {"id": self.cluster_id, "num_executors": self.num_executors,
+                             "default_fs": self.defaultFS, "working_dir": self.working_dir,
+                             "server_addr": list(self.server.address),
+                             "cluster_template": _template(plan.roles)}
         self.cluster_info: Optional[List[dict]] = None
-        self.cluster_meta: Optional[dict] = None
-        self.input_mode: Optional[int] = None
-        self.queues: Optional[List[str]] = None
-        self.server: Optional[ReservationServer] = None
-        self._roles: List[rolemod.NodeRole] = []
-        self._secret = b""
-        self._job_group = ""
-        self._job_thread: Optional[threading.Thread] = None
-        self._job_error: Optional[BaseException] = None
-        self._driver_nodes = []
-        self._stopped = False
+        self.nodeRDD: Optional[RDD] = None
         self.fed_rows = 0  # rows the nodes took in the last train()'s first epoch
+        self._node_job: Optional[SparkJob] = None
+        self._driver_nodes: List[RunningNode] = []
+        self._stopped = False
+        # a cluster its program lets go of without shutdown(): its server closes, so
+        # its nodes (told by their dropped connection) stop too
+        weakref.finalize(self, self.server.close)
+
+    # -- starting -----------------------------------------------------------
+    def node_config(self) -> TFNodeConfig:
+        """What every node of this cluster is told, before it is placed."""
+        plan, flags = self.plan, self.plan.flags
+        return TFNodeConfig(
+            cluster_id=self.cluster_id, secret=self.server.secret.hex(),
+            hub_host=self.server.address[0], hub_port=self.server.address[1],
+            ready_timeout=plan.reservation_timeout, input_mode=plan.input_mode,
+            queues=plan.queues, master_node=plan.master_node, tensorboard=plan.tensorboard,
+            log_dir=plan.log_dir, release_port=plan.release_port, default_fs=self.defaultFS,
+            working_dir=self.working_dir, train_data_store=flags.train_data_store,
+            serialize_data_creator=flags.serialize_data_creator,
+            lock_path=lock_path(self.cluster_id))
+
+    def start(self, map_fun, tf_args) -> "TFCluster":
+        from pyspark import cloudpickle
+
+        from ..node.host import node_ip
+        from .node import launch_node
+        from .node_task import first_trainer, place_node, run_node
+        payload = cloudpickle.dumps((map_fun, tf_args))
+        base = self.node_config()
+        spark_roles = [role_dict(r) for r in self.plan.spark_roles]
+        try:
+            for r in self.plan.roles:
+                if r.on_driver:
+                    cfg = place_node(base, role_dict(r), "driver", node_ip(), os.getpid(),
+                                     first_trainer(base, role_dict(r)))
+                    self._driver_nodes.append(launch_node(cfg, payload, {}, "on the driver"))
+            barrier = self.plan.flags.barrier_mode
+            node_rdd = self.nodeRDD = self.sc.parallelize(range(len(spark_roles)), len(spark_roles))
+            body = functools.partial(run_node, base, payload, spark_roles, barrier)
+            rdd = node_rdd.barrier() if barrier else node_rdd
+            self._node_job = SparkJob(self.sc, "TFCluster nodes",
+                                      group=f"sparkorca-tf-{self.cluster_id}",
+                                      on_end=self._wake).start(
+                lambda: rdd.mapPartitionsWithIndex(body).collect())
+            self.cluster_info = self.server.wait_registered(
+                self.plan.reservation_timeout, self._start_failure,
+                lambda: self._progress(len(spark_roles)))
+            for node in self._driver_nodes:
+                node.wait_ready()
+        except BaseException:
+            for link in self.server.nodes.values():
+                if link.info is not None:
+                    self.server.send_to(link, {"type": "abort", "why": "the reservation failed"})
+            self._stop_nodes()
+            raise
+        return self
+
+    def _wake(self) -> None:
+        with self.server.cond:
+            self.server.cond.notify_all()
+
+    def _start_failure(self) -> Optional[str]:
+        why = self._node_job.failure() if self._node_job is not None else None
+        if why:
+            return why
+        for node in self._driver_nodes:
+            if node.proc.poll() is not None:
+                return f"{node.what} exited with code {node.proc.returncode}"
+        return None
+
+    def _progress(self, n_tasks: int) -> str:
+        """Why nodes may be missing, from what the driver knows for sure (the status
+        tracker's task counts lag when the UI is off)."""
+        registered = sum(1 for n in self.server.nodes.values() if n.info is not None)
+        executors = max(0, len(self.sc.statusTracker().getExecutorInfos()) - 1)
+        return (f"{registered} of the {n_tasks} node task(s) Spark was asked to run have "
+                f"started; the application has {executors} executor(s) besides the driver and "
+                f"{self.sc.defaultParallelism} task slot(s). A node's task waits while no "
+                "slot is free: each node holds one for as long as the cluster runs (ps nodes "
+                "and InputMode.TENSORFLOW nodes), and other jobs may hold the rest. A task "
+                "that failed is reported by Spark with its executor's log.")
 
     # -- helpers ------------------------------------------------------------
     def _fed_nums(self) -> List[int]:
-        return [r.worker_num for r in self._roles if r.fed]
+        return [r.worker_num for r in self.plan.roles if r.fed]
 
     def _held_nums(self) -> List[int]:
-        return [r.worker_num for r in self._roles if not r.fed]
+        return [r.worker_num for r in self.plan.roles if not r.fed]
 
     def _check_nodes(self) -> None:
         failures = self.server.failures()
         if failures:
             raise OrcaRuntimeError("TFCluster: " + "\n\n".join(failures))
 
+    def _nodes_failed(self) -> Optional[str]:
+        return "nodes" if self.server.failures() else None
+
     def _feed_cfg(self, qname: str, feed_timeout: float, epochs: int) -> dict:
+        assert self.cluster_info is not None
         nodes = [dict(n) for n in self.cluster_info if n["socket"]]
-        return {"nodes": nodes, "secret": self._secret.hex(), "qname": qname,
+        return {"nodes": nodes, "secret": self.server.secret.hex(), "qname": qname,
                 "feed_timeout": feed_timeout, "epochs": epochs,
                 "feed_id": secrets.token_hex(6)}
 
-    def _check_feed_args(self, qname, feed_timeout):
+    def _check_feed_args(self, qname, feed_timeout) -> float:
         if self._stopped:
             raise OrcaRuntimeError("this TFCluster has been shut down")
         if self.input_mode != InputMode.SPARK:
@@ -94,69 +226,53 @@ class TFCluster:
                                    "their own data)")
         if qname not in self.queues:
             raise InvalidArgumentError("qname", qname, f"one of the cluster's queues {self.queues}")
-        return _positive("feed_timeout", feed_timeout)
+        return check.seconds("feed_timeout", feed_timeout)
 
-    def _run_job(self, action, description: str) -> None:
+    def _run_job(self, action: Callable, description: str):
         """Run a Spark job; fail at once if a node fails or is lost meanwhile."""
-        group = f"sparkorca-tf-{self.cluster_id}-{secrets.token_hex(3)}"
-        box: dict = {}
-
-        def body():
-            try:
-                self.sc.setJobGroup(group, description, interruptOnCancel=True)
-                box["result"] = action()
-            except BaseException as e:
-                box["error"] = e
-            finally:
-                with self.server.cond:
-                    box["done"] = True
-                    self.server.cond.notify_all()
-        t = threading.Thread(target=body, name="sparkorca-feed-job", daemon=True)
-        t.start()
-        why = self.server.wait(lambda: "done" in box, None,
-                               lambda: "nodes" if self.server.failures() else None)
-        if why == "nodes":
-            self.sc.cancelJobGroup(group)
-            t.join(60)
+        job = SparkJob(self.sc, description, on_end=self._wake).start(action)
+        if self.server.wait(lambda: job.done, None, self._nodes_failed) == "nodes":
+            job.cancel()
             self._check_nodes()
-        t.join()
-        if "error" in box:
+        job.join()
+        if job.error is not None:
             self._check_nodes()  # a node's own failure explains a failed feed best
-            raise OrcaRuntimeError(f"TFCluster {description} failed:\n"
-                                   f"{job_error_text(box['error'])}") from None
-        return box.get("result")
+            raise OrcaRuntimeError(f"TFCluster {job.failure()}") from None
+        return job.result
 
     # -- feeding ------------------------------------------------------------
     def train(self, dataRDD, num_epochs: int = 1, feed_timeout: float = 600, qname: str = "input"):
         """Feed ``dataRDD`` (an RDD, a DataFrame, or sparkorca.data Shards) to the
         worker nodes, ``num_epochs`` times. Epochs after the first are replayed by
         each node from ``OrcaContext.train_data_store``, not re-read by Spark."""
-        if (isinstance(num_epochs, bool) or not isinstance(num_epochs, numbers.Integral)
-                or num_epochs < 1):
-            raise InvalidArgumentError("num_epochs", num_epochs, "an integer >= 1",
+        if num_epochs == 0 and not isinstance(num_epochs, bool):
+            raise InvalidArgumentError("num_epochs", 0, "an integer >= 1",
                                        hint="TensorFlowOnSpark read 0 as 10 epochs; say how many")
+        num_epochs = check.integer("num_epochs", num_epochs)
         feed_timeout = self._check_feed_args(qname, feed_timeout)
         self._check_nodes()
-        cfg = self._feed_cfg(qname, feed_timeout, int(num_epochs))
+        cfg = self._feed_cfg(qname, feed_timeout, num_epochs)
         action = _train_action(dataRDD, cfg)
         rows = self._run_job(action, f"train(): feed {type(dataRDD).__name__} to the nodes")
         fed = self._fed_nums()
         if num_epochs > 1:
-            self.server.send(fed, {"type": "replay", "qname": qname, "feed_id": cfg["feed_id"],
-                                   "epochs": int(num_epochs) - 1, "feed_timeout": feed_timeout})
-            nodes = [self.server.nodes[k] for k in fed]
-            why = self.server.wait(
-                lambda: all(cfg["feed_id"] in n.replayed or n.state != "running" for n in nodes),
-                None, lambda: "nodes" if self.server.failures() else None)
-            if why:
-                self._check_nodes()
-            errors = [n.replayed[cfg["feed_id"]]["error"] for n in nodes
-                      if cfg["feed_id"] in n.replayed and n.replayed[cfg["feed_id"]]["error"]]
-            if errors:
-                raise OrcaRuntimeError("TFCluster train(): " + "; ".join(errors))
+            self._replay(fed, cfg, num_epochs - 1)
         self.server.send(fed, {"type": "flush", "qname": qname})
         self.fed_rows = sum(rows or [])
         log.info("TFCluster train(): %d rows fed (first epoch)", self.fed_rows)
+
+    def _replay(self, fed: List[int], cfg: dict, epochs: int) -> None:
+        feed_id = cfg["feed_id"]
+        self.server.send(fed, {"type": "replay", "qname": cfg["qname"], "feed_id": feed_id,
+                               "epochs": epochs, "feed_timeout": cfg["feed_timeout"]})
+        links = [self.server.node(k) for k in fed]
+        if self.server.wait(lambda: all(feed_id in n.replies or n.state != NodeState.RUNNING
+                                        for n in links), None, self._nodes_failed):
+            self._check_nodes()
+        errors = [n.replies[feed_id]["error"] for n in links
+                  if feed_id in n.replies and n.replies[feed_id]["error"]]
+        if errors:
+            raise OrcaRuntimeError("TFCluster train(): " + "; ".join(errors))
 
     def inference(self, dataRDD, feed_timeout: float = 600, qname: str = "input"):
         """An RDD with one result per input row, in order, computed lazily by the
@@ -176,21 +292,20 @@ class TFCluster:
             return
         if ssc is not None:
             ssc.awaitTermination()  # Spark Streaming: feeding ends with the stream
-        if not (isinstance(grace_secs, numbers.Real) and grace_secs >= 0):
-            raise InvalidArgumentError("grace_secs", grace_secs, "a number of seconds >= 0")
-        timeout = _positive("timeout", timeout, allow_forever=True)
-        limit = None if timeout == -1 else timeout
+        grace_secs = check.seconds("grace_secs", grace_secs, allow_zero=True)
+        timeout = check.seconds("timeout", timeout, allow_forever=True)
         timed_out = None
         try:
             fed = self._fed_nums()
             if self.input_mode == InputMode.SPARK:
                 self.server.send(fed, {"type": "end"})
-            workers = [self.server.nodes[k] for k in fed] if fed else []
-            why = self.server.wait(lambda: all(n.state in FINAL for n in workers), limit)
+            workers = [self.server.node(k) for k in fed]
+            why = self.server.wait(lambda: all(n.state in FINAL for n in workers),
+                                   None if timeout == -1 else timeout)
             if why == "timeout":
                 timed_out = [n.describe() for n in workers if n.state not in FINAL]
             elif grace_secs:
-                held = [self.server.nodes[k] for k in self._held_nums()]
+                held = [self.server.node(k) for k in self._held_nums()]
                 self.server.wait(lambda: all(n.state in FINAL for n in held), grace_secs)
         finally:
             self._stop_nodes()
@@ -205,30 +320,22 @@ class TFCluster:
         if self._stopped:
             return
         self._stopped = True
-        server = self.server
-        with server.cond:
-            server.closing = True
-        server.send(list(server.nodes), {"type": "stop"})
-        try:
-            # a node closes its connection when its process exits, after its children
-            wait_for(lambda: not any(n.connected for n in server.nodes.values()), 30,
-                     "the TFCluster nodes to stop")
-        except (StartupTimeoutError, OrcaRuntimeError) as e:
-            log.warning("%s; cancelling their Spark job", e)
-            self.sc.cancelJobGroup(self._job_group)
-        if self._job_thread is not None:
-            self._job_thread.join(60)
-            if self._job_thread.is_alive():
-                self.sc.cancelJobGroup(self._job_group)
-                self._job_thread.join(30)
+        stuck = self.server.stop_nodes(list(self.server.nodes), 30)
+        if stuck:
+            log.warning("TFCluster nodes %s did not stop within 30s; cancelling their Spark "
+                        "job", ", ".join(link.describe() for link in stuck))
+        if self._node_job is not None:
+            # its tasks end with their nodes; one still waiting for a slot never would
+            if stuck or not self._node_job.join(10):
+                self._node_job.cancel(30)
         for node in self._driver_nodes:
             node.stop()
-        server.close()
+        self.server.close()
 
     def tensorboard_url(self) -> Optional[str]:
         for node in self.cluster_info or []:
             if node.get("tb_port"):
-                return f"http://{node['host']}:{node['tb_port']}"
+                return f"http://{node['host']}:{node['tb_port']}{node['tb_path']}/"
         return None
 
 
@@ -285,78 +392,18 @@ def run(sc, map_fun, tf_args, num_executors, num_ps=0, tensorboard=False,
     >>> cluster.train(df, num_epochs=3)
     >>> cluster.shutdown()
     """
-    roles = rolemod.plan_roles(num_executors, num_ps, master_node, eval_node, driver_ps_nodes)
+    from .. import context
+    from ..spark.session import wait_for_executors
+    plan = plan_cluster(num_executors, num_ps, tensorboard, input_mode, log_dir,
+                        driver_ps_nodes, master_node, reservation_timeout, queues, eval_node,
+                        release_port, flags=context.flags())
     if not callable(map_fun):
         raise InvalidArgumentError("map_fun", map_fun, "a function map_fun(args, ctx)")
-    if input_mode not in (InputMode.TENSORFLOW, InputMode.SPARK):
-        raise InvalidArgumentError("input_mode", input_mode,
-                                   "InputMode.TENSORFLOW (0) or InputMode.SPARK (1)")
-    reservation_timeout = _positive("reservation_timeout", reservation_timeout)
-    queues = list(queues)
-    if not queues or not all(isinstance(q, str) and q for q in queues):
-        raise InvalidArgumentError("queues", queues, "a non-empty list of queue names")
-    if not isinstance(tensorboard, bool):
-        raise InvalidArgumentError("tensorboard", tensorboard, "True or False")
-    if log_dir is not None and not isinstance(log_dir, str):
-        raise InvalidArgumentError("log_dir", log_dir, "None or a directory path")
-    if tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise InvalidArgumentError("tensorboard", True,
-                                   "False, or install tensorboard (pip install tensorboard)")
-    from pyspark import cloudpickle
-    from ..context import OrcaContext
-    from ..spark.session import wait_for_executors
-
-    spark_roles = [role_dict(r) for r in roles if not r.on_driver]
-    wait_for_executors(sc, len(spark_roles), EXECUTOR_WAIT,
-                       f"starting {len(spark_roles)} TFCluster node(s) on them")
-    _check_slots(sc, len(spark_roles))
-    cluster = TFCluster()
-    cluster.sc = sc
-    cluster.num_executors = len(roles)
-    cluster.input_mode = input_mode
-    cluster.queues = queues
-    cluster._roles = roles
-    cluster._secret = secrets.token_bytes(32)
-    cluster.cluster_id = secrets.token_hex(4)
-    cluster._job_group = f"sparkorca-tf-{cluster.cluster_id}"
-    fs = sc._jsc.hadoopConfiguration().get("fs.defaultFS") or "file:///"
-    cluster.defaultFS = fs[:-1] if fs.startswith("file://") and fs.endswith("/") else fs
-    cluster.working_dir = os.getcwd()
-    payload = cloudpickle.dumps((map_fun, tf_args))
-    driver_host = sc.getConf().get("spark.driver.host")
-    cluster.server = ReservationServer(driver_host, cluster._secret, roles)
-    base = {"cluster_id": cluster.cluster_id, "secret": cluster._secret.hex(),
-            "driver_host": driver_host, "driver_port": cluster.server.address[1],
-            "input_mode": input_mode, "queues": queues, "tensorboard": tensorboard,
-            "log_dir": log_dir, "release_port": release_port, "master_node": master_node,
-            "default_fs": cluster.defaultFS, "working_dir": cluster.working_dir,
-            "reservation_timeout": reservation_timeout,
-            "train_data_store": OrcaContext.train_data_store,
-            "serialize_data_creator": bool(OrcaContext.serialize_data_creator),
-            "lock_path": lock_path(cluster.cluster_id),
-            "barrier": bool(OrcaContext.barrier_mode)}
-    cluster.cluster_meta = {"id": cluster.cluster_id, "num_executors": len(roles),
-                            "default_fs": cluster.defaultFS, "working_dir": cluster.working_dir,
-                            "server_addr": list(cluster.server.address),
-                            "cluster_template": _template(roles)}
-    cluster.nodeRDD = sc.parallelize(range(len(spark_roles)), len(spark_roles))
-    try:
-        _start_driver_nodes(cluster, base, payload, roles)
-        _start_node_job(cluster, base, payload, spark_roles)
-        cluster.cluster_info = cluster.server.wait_registered(
-            reservation_timeout, lambda: _job_failed(cluster),
-            lambda: _progress(cluster, len(spark_roles)))
-        from .._process import wait_ready
-        for node in cluster._driver_nodes:
-            wait_ready(node)
-    except BaseException:
-        for n in cluster.server.nodes.values():
-            if n.info is not None:
-                cluster.server._send(n, {"type": "abort", "why": "the reservation failed"})
-        cluster.sc.cancelJobGroup(cluster._job_group)
-        cluster._stop_nodes()
-        raise
-    _register_with_context(cluster)
+    n_spark = len(plan.spark_roles)
+    wait_for_executors(sc, n_spark, EXECUTOR_WAIT, f"starting {n_spark} TFCluster node(s) on them")
+    _check_slots(sc, n_spark)
+    cluster = TFCluster(sc, plan).start(map_fun, tf_args)
+    context.on_stop(cluster._stop_nodes, sc=sc)  # a cluster its program did not shut down
     tb = cluster.tensorboard_url()
     if tb:
         log.info("TensorBoard of TFCluster %s: %s", cluster.cluster_id, tb)
@@ -377,7 +424,7 @@ def _check_slots(sc, needed: int) -> None:
             hint="start the context with more executors or cores, or use driver_ps_nodes")
 
 
-def role_dict(role: rolemod.NodeRole) -> dict:
+def role_dict(role: NodeRole) -> dict:
     return {"worker_num": role.worker_num, "job_name": role.job_name,
             "task_index": role.task_index}
 
@@ -387,66 +434,3 @@ def _template(roles) -> dict:
     for r in roles:
         template.setdefault(r.job_name, []).append(r.worker_num)
     return template
-
-
-def _start_driver_nodes(cluster: TFCluster, base: dict, payload: bytes, roles) -> None:
-    from ..config import node_ip
-    from . import node as nodemod
-    from .node_task import node_cfg
-    for r in roles:
-        if not r.on_driver:
-            continue
-        cfg = node_cfg(base, role_dict(r), "driver", node_ip(), os.getpid())
-        cluster._driver_nodes.append(nodemod.launch(
-            cfg, payload, {}, f"TFCluster node {r.worker_num} ({r.job_name}:{r.task_index}) "
-                              "on the driver"))
-
-
-def _start_node_job(cluster: TFCluster, base: dict, payload: bytes, spark_roles) -> None:
-    from .node_task import run_node
-    sc = cluster.sc
-
-    def body():
-        try:
-            sc.setJobGroup(cluster._job_group, "sparkorca: TFCluster nodes",
-                           interruptOnCancel=True)
-            rdd = cluster.nodeRDD.barrier() if base["barrier"] else cluster.nodeRDD
-            rdd.mapPartitionsWithIndex(
-                functools.partial(run_node, base, payload, spark_roles)).collect()
-        except BaseException as e:
-            cluster._job_error = e
-            with cluster.server.cond:
-                cluster.server.cond.notify_all()
-
-    cluster._job_thread = threading.Thread(target=body, name="sparkorca-tf-nodes", daemon=True)
-    cluster._job_thread.start()
-
-
-def _job_failed(cluster: TFCluster) -> Optional[str]:
-    if cluster._job_error is not None:
-        return f"the node job failed:\n{job_error_text(cluster._job_error)}"
-    for node in cluster._driver_nodes:
-        if node.proc.poll() is not None:
-            return f"{node.what} exited with code {node.proc.returncode}"
-    return None
-
-
-def _progress(cluster: TFCluster, n_tasks: int) -> str:
-    """Why nodes may be missing, from what the driver knows for sure (the status
-    tracker's task counts lag when the UI is off)."""
-    registered = sum(1 for n in cluster.server.nodes.values() if n.info is not None)
-    executors = max(0, len(cluster.sc.statusTracker().getExecutorInfos()) - 1)
-    return (f"{registered} of the {n_tasks} node task(s) Spark was asked to run have "
-            f"started; the application has {executors} executor(s) besides the driver and "
-            f"{cluster.sc.defaultParallelism} task slot(s). A node's task waits while no "
-            "slot is free: each node holds one for as long as the cluster runs (ps nodes "
-            "and InputMode.TENSORFLOW nodes), and other jobs may hold the rest. A task that "
-            "failed is reported by Spark with its executor's log.")
-
-
-def _register_with_context(cluster: TFCluster) -> None:
-    """stop_orca_context() stops a cluster its program did not shut down."""
-    from ..context import running_context
-    running = running_context()
-    if running is not None and running.sc is cluster.sc:
-        running.stack.callback(cluster._stop_nodes)

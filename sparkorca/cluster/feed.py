@@ -19,13 +19,14 @@ import queue
 import socket
 import threading
 import time
-from typing import Deque, Dict, List, Optional
+from typing import Deque, Dict, List, Optional, Union
 
 import pyarrow as pa
 
+from ..errors import OrcaRuntimeError
+from ..node.channel import Channel
 from . import rows as rowcodec
-from .channel import Channel
-from .store import open_store
+from .store import DiskStore, MemoryStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class FeedConn:
         self.finished = threading.Event()  # inference: every result sent
 
     def send_results(self, results: list) -> None:
+        assert self.channel is not None
         self.channel.send({"type": "results", "n": len(results)})
         self.channel.send_bytes(pickle.dumps(results, protocol=5))
         self.results_out += len(results)
@@ -117,7 +119,7 @@ class FeedHub:
         self.describe = describe
         self._queues: Dict[str, InputQueue] = {}
         self._lock = threading.Lock()
-        self._stores: Dict[str, object] = {}
+        self._stores: Dict[str, Union[MemoryStore, DiskStore]] = {}
         self.finished = threading.Event()  # map_fun returned: refuse further data
         self.socket_path = os.path.join(node_dir, "feed.sock")
         self._server: Optional[socket.socket] = None
@@ -148,6 +150,7 @@ class FeedHub:
 
     def _accept_loop(self) -> None:
         server = self._server
+        assert server is not None
         while True:
             try:
                 sock, _ = server.accept()
@@ -186,12 +189,13 @@ class FeedHub:
             msg = channel.recv()
             if msg["type"] == "end":
                 break
-            for batch in pa.ipc.open_stream(channel.rfile):
-                if store is not None:
-                    store.add(batch)
-                conn.rows_in += batch.num_rows
-                if not q.put(("batch", conn, batch)):
-                    break
+            with channel.reading():
+                for batch in pa.ipc.open_stream(channel.rfile):
+                    if store is not None:
+                        store.add(batch)
+                    conn.rows_in += batch.num_rows
+                    if not q.put(("batch", conn, batch)):
+                        break
         if q.terminated.is_set():
             channel.send({"type": "terminated", "rows": conn.rows_in})
             return
@@ -269,8 +273,9 @@ class DataFeed:
     fast paths with no Python object per row. In train mode a batch can span
     partitions, and when train() has fed everything the next call returns what
     is left (a partial batch, or an empty one: the end of that train()'s data;
-    ``should_stop()`` turns True at shutdown or terminate()). In inference mode a batch never spans partitions, and ``batch_results`` must
-    return one result per row, in order.
+    ``should_stop()`` turns True at shutdown or terminate()). In inference mode a
+    batch never spans partitions, and ``batch_results`` must return one result per
+    row, in order.
     """
 
     def __init__(self, mgr: FeedHub, train_mode: bool = True, qname_in: str = "input",
@@ -328,20 +333,21 @@ class DataFeed:
     def next_batch(self, batch_size: int):
         """Up to ``batch_size`` rows as the RDD held them (fewer at the end of data)."""
         batches = self._take(batch_size)
-        if self.input_mapping is None:
+        mapping = self.input_mapping
+        if mapping is None:
             return [row for b in batches for row in rowcodec.batch_to_rows(b)]
-        return self._mapped(batches)
+        return self._mapped(batches, mapping)
 
-    def _mapped(self, batches) -> dict:
-        tensors = {t: [] for t in self.input_mapping.values()}
+    def _mapped(self, batches, mapping: dict) -> dict:
+        tensors: Dict[str, list] = {t: [] for t in mapping.values()}
         for b in batches:
             names = b.schema.names
-            if all(c in names for c in self.input_mapping):
-                for col, tensor in self.input_mapping.items():
+            if all(c in names for c in mapping):
+                for col, tensor in mapping.items():
                     tensors[tensor].extend(b.column(names.index(col)).to_pylist())
                 continue
             rows = rowcodec.batch_to_rows(b)  # TFoS: positions follow the sorted names
-            for i, (_, tensor) in enumerate(sorted(self.input_mapping.items())):
+            for i, (_, tensor) in enumerate(sorted(mapping.items())):
                 tensors[tensor].extend(r[i] for r in rows)
         return tensors
 
@@ -368,8 +374,8 @@ class DataFeed:
         results = list(results)
         while results:
             if not self._owed:
-                raise ValueError(f"batch_results got {len(results)} more result(s) than "
-                                 "rows were handed out by next_batch")
+                raise OrcaRuntimeError(f"batch_results got {len(results)} more result(s) "
+                                       "than rows were handed out by next_batch")
             conn, owed = self._owed[0]
             part, results = results[:owed], results[owed:]
             conn.send_results(part)

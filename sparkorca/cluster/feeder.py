@@ -14,8 +14,8 @@ from typing import Iterable, Iterator, List
 import pyarrow as pa
 
 from ..errors import OrcaRuntimeError
+from ..node.channel import connect_unix
 from ..spark.executor import executor_id
-from .channel import connect_unix
 
 
 def _describe(node: dict) -> str:

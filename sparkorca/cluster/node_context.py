@@ -9,7 +9,10 @@ import os
 import socket
 from typing import Dict, List, Optional
 
+from ..errors import OrcaRuntimeError
+from ..node.host import temp_root
 from . import roles as rolemod
+from .node_config import TFNodeConfig
 
 
 def absolute_path(default_fs: str, working_dir: str, path: str) -> str:
@@ -33,23 +36,25 @@ def absolute_path(default_fs: str, working_dir: str, path: str) -> str:
 class NodeContext:
     """What a node knows about itself and its cluster."""
 
-    def __init__(self, cfg: dict, cluster_info: List[dict], mgr, port_socket: Optional[socket.socket]):
-        self.job_name: str = cfg["job_name"]
-        self.task_index: int = cfg["task_index"]
-        self.worker_num: int = cfg["worker_num"]
-        self.executor_id: str = cfg["executor_id"]
-        self.cluster_id: str = cfg["cluster_id"]
-        self.defaultFS: str = cfg["default_fs"]
-        self.working_dir: str = cfg["working_dir"]
+    def __init__(self, cfg: TFNodeConfig, port: int, cluster_info: List[dict], mgr,
+                 port_socket: Optional[socket.socket]):
+        self.job_name: str = cfg.job_name
+        self.task_index: int = cfg.task_index
+        self.worker_num: int = cfg.worker_num
+        self.executor_id: str = cfg.executor_id
+        self.cluster_id: str = cfg.cluster_id
+        self.defaultFS: str = cfg.default_fs
+        self.working_dir: str = cfg.working_dir
         self.cluster_info: List[dict] = cluster_info
         self.cluster_spec: Dict[str, List[str]] = rolemod.cluster_spec(cluster_info)
         self.num_workers: int = rolemod.num_workers(cluster_info)
         self.mgr = mgr  # the node's feed (None in InputMode.TENSORFLOW)
-        self.host: str = cfg["host"]
-        self.port: int = cfg["port"]
-        self._port_socket = port_socket
-        self._serialize = cfg["serialize_data_creator"]
-        self._lock_path = cfg["lock_path"]
+        self.host: str = cfg.host
+        self.port: int = port
+        # TFoS's name: the socket holding the reserved port (None once released)
+        self.tmp_socket: Optional[socket.socket] = port_socket
+        self._serialize = cfg.serialize_data_creator
+        self._lock_path = cfg.lock_path
 
     def absolute_path(self, path: str) -> str:
         return absolute_path(self.defaultFS, self.working_dir, path)
@@ -58,15 +63,15 @@ class NodeContext:
                       qname_out: str = "output", input_mapping: Optional[dict] = None):
         from .feed import DataFeed
         if self.mgr is None:
-            raise RuntimeError("this node has no data feed: the cluster runs "
+            raise OrcaRuntimeError("this node has no data feed: the cluster runs "
                                "InputMode.TENSORFLOW, or this is a ps/evaluator node")
         return DataFeed(self.mgr, train_mode, qname_in, qname_out, input_mapping)
 
     def release_port(self) -> None:
         """Free the reserved port, so this node's TF / torch server can bind it."""
-        if self._port_socket is not None:
-            self._port_socket.close()
-            self._port_socket = None
+        if self.tmp_socket is not None:
+            self.tmp_socket.close()
+            self.tmp_socket = None
 
     def data_creator_lock(self):
         """A lock shared by the nodes on this machine while
@@ -84,4 +89,4 @@ class NodeContext:
 
 
 def lock_path(cluster_id: str) -> str:
-    return os.path.join("/tmp", f"sparkorca-tf-{cluster_id}-data.lock")
+    return os.path.join(temp_root(), f"sparkorca-tf-{cluster_id}-data.lock")

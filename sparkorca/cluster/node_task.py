@@ -8,40 +8,43 @@ ps and evaluator nodes, and every node in InputMode.TENSORFLOW, keep their task
 
 from __future__ import annotations
 
-from .._process import wait_ready
-from ..config import node_ip
-from ..spark.executor import executor_id, executor_jvm, gpu_env
-from . import node as nodemod
-from .roles import HELD_ROLES, InputMode
+import shutil
+from typing import List
+
+from ..node.task import this_task
+from .node import launch_node, node_temp_dir
+from .node_config import TFNodeConfig
 
 
-def node_cfg(base: dict, role: dict, exec_id: str, host: str, owner_pid: int) -> dict:
-    """The configuration of one node process: the cluster's, plus who it is."""
-    main = base["master_node"] or "worker"
-    first_trainer = role["job_name"] == main and role["task_index"] == 0
-    return {**base, **role, "executor_id": exec_id, "host": host, "owner_pid": owner_pid,
-            "node_dir": nodemod.node_dir(base["cluster_id"], role["worker_num"]),
-            "tensorboard_here": bool(base["tensorboard"]) and first_trainer}
+def place_node(base: TFNodeConfig, role: dict, executor_id: str, host: str, owner_pid: int,
+               tensorboard_here: bool) -> TFNodeConfig:
+    """The cluster's node config ``base`` for the node with ``role``, launched here."""
+    return base.placed(name=str(role["worker_num"]), executor_id=executor_id, host=host,
+                       owner_pid=owner_pid, temp_dir=node_temp_dir(base.cluster_id,
+                                                                   role["worker_num"]),
+                       worker_num=role["worker_num"], job_name=role["job_name"],
+                       task_index=role["task_index"],
+                       tensorboard=base.tensorboard and tensorboard_here)
 
 
-def holds_executor(cfg: dict) -> bool:
-    return cfg["input_mode"] == InputMode.TENSORFLOW or cfg["job_name"] in HELD_ROLES
+def first_trainer(base: TFNodeConfig, role: dict) -> bool:
+    """The node that runs TensorBoard: the chief, else worker 0."""
+    return role["job_name"] == (base.master_node or "worker") and role["task_index"] == 0
 
 
-def run_node(base: dict, payload: bytes, spark_roles: list, partition: int, _rows):
-    """mapPartitionsWithIndex body: start node ``spark_roles[partition]`` here."""
-    from pyspark import BarrierTaskContext, TaskContext
-    task = BarrierTaskContext.get() if base["barrier"] else TaskContext.get()
-    jvm = executor_jvm()
-    exec_id = executor_id(jvm)
-    cfg = node_cfg(base, spark_roles[partition], exec_id, node_ip(), jvm.pid)
-    what = (f"TFCluster node {cfg['worker_num']} ({cfg['job_name']}:{cfg['task_index']}) on "
-            f"Spark executor {exec_id}")
-    node = nodemod.launch(cfg, payload, gpu_env(task), what)
-    wait_ready(node)
-    if holds_executor(cfg):
+def run_node(base: TFNodeConfig, payload: bytes, roles: List[dict], barrier: bool,
+             partition: int, _rows):
+    """mapPartitionsWithIndex body: start node ``roles[partition]`` here."""
+    slot = this_task(partition, barrier)
+    role = roles[partition]
+    cfg = place_node(base, role, slot.executor_id, slot.host, slot.executor_pid,
+                     first_trainer(base, role))
+    node = launch_node(cfg, payload, slot.gpu_env, f"on Spark executor {slot.executor_id}")
+    node.wait_ready()
+    if cfg.holds_executor:
         code = node.proc.wait()
+        shutil.rmtree(cfg.temp_dir, ignore_errors=True)  # even if the node was killed
     else:
         node.detach()
         code = None
-    yield {"worker_num": cfg["worker_num"], "executor_id": exec_id, "exit_code": code}
+    yield {"worker_num": cfg.worker_num, "executor_id": slot.executor_id, "exit_code": code}

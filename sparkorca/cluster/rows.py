@@ -114,7 +114,7 @@ def layout_of(batch: pa.RecordBatch) -> Optional[dict]:
 
 def _column_values(col: pa.Array, kind: Optional[dict]) -> list:
     k = kind["kind"] if kind else None
-    if k == "ndarray":
+    if kind and k == "ndarray":
         return list(_ndarray_column(col, kind))
     if k == "pickle":
         return [pickle.loads(v) for v in col.to_pylist()]
@@ -139,7 +139,7 @@ def batch_to_rows(batch: pa.RecordBatch) -> list:
 def column_numpy(col: pa.Array, kind: Optional[dict]) -> np.ndarray:
     """One column as a numpy array: arrays of rows stack into one more dimension."""
     k = kind["kind"] if kind else None
-    if k == "ndarray":
+    if kind and k == "ndarray":
         return _ndarray_column(col, kind)
     if k == "pickle":
         return np.array([pickle.loads(v) for v in col.to_pylist()])

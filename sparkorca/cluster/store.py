@@ -9,7 +9,7 @@ and replays one file at a time, so about 1/n of the node's data is in memory.
 from __future__ import annotations
 
 import os
-from typing import Iterator, List
+from typing import Iterator, List, Optional, Union
 
 import pyarrow as pa
 
@@ -37,9 +37,9 @@ class DiskStore:
     def __init__(self, directory: str, n: int):
         os.makedirs(directory, exist_ok=True)
         self.paths = [os.path.join(directory, f"part-{i}.arrow") for i in range(n)]
-        self._sinks = [None] * n
-        self._writers = [None] * n
-        self._schemas = [None] * n
+        self._sinks: List[Optional[pa.NativeFile]] = [None] * n
+        self._writers: List[Optional[pa.ipc.RecordBatchStreamWriter]] = [None] * n
+        self._schemas: List[Optional[pa.Schema]] = [None] * n
         self._count = 0
 
     def add(self, batch: pa.RecordBatch) -> None:
@@ -56,9 +56,11 @@ class DiskStore:
         writer.write_batch(batch)
 
     def _close(self, i: int) -> None:
-        if self._writers[i] is not None:
-            self._writers[i].close()
-            self._sinks[i].close()
+        writer, sink = self._writers[i], self._sinks[i]
+        if writer is not None:
+            assert sink is not None
+            writer.close()
+            sink.close()
             self._writers[i] = self._sinks[i] = None
 
     def parts(self) -> Iterator[List[pa.RecordBatch]]:
@@ -87,6 +89,6 @@ class DiskStore:
                 pass
 
 
-def open_store(kind: str, directory: str):
+def open_store(kind: str, directory: str) -> Union[MemoryStore, DiskStore]:
     n = parse_store(kind)
     return MemoryStore() if n == 0 else DiskStore(directory, n)

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import TYPE_CHECKING, List
 
 from ..errors import NoContextError
+
+if TYPE_CHECKING:
+    from ray.actor import ActorHandle
 
 
 class RayContext:
@@ -24,7 +27,7 @@ class RayContext:
     def __init__(self, backend):
         self._backend = backend
         self._stopped = False
-        self._kept: List[object] = []  # actor handles that must live as long as Ray
+        self._kept: List[ActorHandle] = []  # actor handles that must live as long as Ray
 
     def _release_kept(self) -> None:
         import ray
@@ -98,9 +101,10 @@ def connect(**ray_init_kwargs) -> None:
     import ray
     if ray.is_initialized():
         return
-    from .cluster import ADDRESS_ENV, CLUSTER_ENV, refresh_ray_auth
-    from .launch import node_temp_dir
     from ..spark.executor import executor_id
+    from .cluster import ADDRESS_ENV, refresh_ray_auth
+    from .node import CLUSTER_ENV
+    from .raylet_task import node_temp_dir
     address = os.environ.get(ADDRESS_ENV)
     if not address:
         raise NoContextError(
@@ -108,9 +112,9 @@ def connect(**ray_init_kwargs) -> None:
             "context started with init_orca_context(..., init_ray_on_spark=True)")
     refresh_ray_auth()
     cluster_id = os.environ[CLUSTER_ENV]
-    temp_dir: Optional[str] = node_temp_dir(cluster_id, executor_id())
-    if not os.path.isdir(temp_dir):
-        temp_dir = None  # no raylet on this executor: any node on this host will do
+    raylet_dir = node_temp_dir(cluster_id, executor_id())
+    # no raylet on this executor: any node on this host will do
+    temp_dir = raylet_dir if os.path.isdir(raylet_dir) else None
     ray_init_kwargs.setdefault("log_to_driver", False)
     ray.init(address=address, _temp_dir=temp_dir, namespace=f"sparkorca-{cluster_id}",
              **ray_init_kwargs)

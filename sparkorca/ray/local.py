@@ -6,11 +6,13 @@ import contextlib
 import os
 import secrets
 import shutil
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
-from ..config import ContextSpec, node_ip, parse_memory
+from ..config import ContextSpec
+from ..errors import OrcaRuntimeError
+from ..node.host import node_ip
 from .cluster import auth_env, refresh_ray_auth
-from .launch import node_temp_dir
+from .raylet_task import node_temp_dir
 
 
 class LocalRay:
@@ -28,6 +30,8 @@ class LocalRay:
 
     def start(self) -> None:
         import ray
+        from ray._private.worker import RayContext
+
         from ..spark.session import temporary_environ
         spec = self.spec
         if spec.address:
@@ -37,10 +41,9 @@ class LocalRay:
             self._env.enter_context(temporary_environ(auth_env(secrets.token_hex(32))))
             refresh_ray_auth()
             self.temp_dir = node_temp_dir(self.cluster_id, "local")
-            kwargs = {}
+            kwargs: Dict[str, Any] = {}
             if spec.object_store_memory:
-                kwargs["object_store_memory"] = parse_memory("object_store_memory",
-                                                             spec.object_store_memory)
+                kwargs["object_store_memory"] = spec.object_store_memory.num_bytes
             if spec.system_config:
                 kwargs["_system_config"] = spec.system_config
             ctx = ray.init(num_cpus=spec.cores or os.cpu_count(), num_gpus=0,
@@ -49,6 +52,9 @@ class LocalRay:
                            **kwargs)
             if spec.include_webui:
                 self.webui_url = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else None
+        if not isinstance(ctx, RayContext):
+            raise OrcaRuntimeError("Ray connected through Ray Client (a ray:// address), which "
+                                   "sparkorca does not support; give the cluster's GCS address")
         self.ray_info = dict(ctx.address_info)
         self.gcs_address = self.ray_info.get("gcs_address")
 

@@ -1,51 +1,47 @@
 """What runs inside a Spark task to start the raylet of its executor.
 
 Imported on executors, so it stays light: no Ray import (the raylet is started
-by the node_runner process), only pyspark, psutil and sparkorca's launcher.
+by the node_runner process), only pyspark, psutil and the node layer.
 """
 
 from __future__ import annotations
 
-from ..config import node_ip
-from ..spark.executor import executor_id, executor_jvm, gpu_env
-from .._process import wait_ready
-from .launch import free_ports, node_temp_dir, start_node
+from ..node.host import node_dir
+from ..node.task import TaskSlot, this_task
+from .node import RayNodeConfig, launch_ray_node
+
+KIND = "ray"
 
 
-def raylet_options(cfg: dict, host: str, exec_id: str, gpus: int) -> dict:
-    """``ray start`` options of the raylet of executor ``exec_id``."""
-    return {
-        "address": cfg["gcs_address"], "node_ip_address": host,
-        "num_cpus": cfg["num_cpus"], "num_gpus": gpus,
-        "object_store_memory": cfg["object_store_memory"],
-        "dashboard_agent_listen_port": free_ports(1)[0],
-        "node_name": f"{cfg['node_prefix']}-executor-{exec_id}",
-        "disable_usage_stats": True, **cfg["extra_params"]}
+def node_temp_dir(cluster_id: str, name: str) -> str:
+    """A node's temp dir, by the Spark executor it serves ("driver" on a local
+    master): processes on that executor find their raylet through it."""
+    return node_dir(KIND, cluster_id, name)
 
 
-def start_raylet(cfg: dict, partition: int, _rows):
-    """mapPartitions body: start this executor's raylet, wait for it, hand it over."""
-    from pyspark import BarrierTaskContext, TaskContext
-    ctx = BarrierTaskContext.get() if cfg["barrier"] else TaskContext.get()
-    jvm = executor_jvm()
-    exec_id = executor_id(jvm)
-    host = node_ip()
-    env = {**cfg["env"], **gpu_env(ctx)}
-    gpus = len(env["CUDA_VISIBLE_DEVICES"].split(",")) if "CUDA_VISIBLE_DEVICES" in env else 0
-    options = raylet_options(cfg, host, exec_id, gpus)
-    node = start_node(options, env, owner_pid=jvm.pid, ready_timeout=cfg["ready_timeout"],
-                      what=f"the raylet of Spark executor {exec_id} on {host} (partition "
-                           f"{partition})",
-                      temp_dir=node_temp_dir(cfg["cluster_id"], exec_id))
-    wait_ready(node)
-    if cfg["barrier"]:
-        ctx.barrier()  # every raylet is up: only now may they outlive their tasks
+def place_raylet(base: RayNodeConfig, slot: TaskSlot) -> RayNodeConfig:
+    """``base`` (the cluster's raylet config) for the executor of ``slot``."""
+    name = f"executor-{slot.executor_id}"
+    options = {**base.options, "node_ip_address": slot.host, "num_gpus": slot.num_gpus,
+               "node_name": f"{base.options['node_name']}-{name}"}
+    return base.placed(name=name, executor_id=slot.executor_id, host=slot.host,
+                       owner_pid=slot.executor_pid, options=options,
+                       temp_dir=node_temp_dir(base.cluster_id, slot.executor_id),
+                       env={**base.env, **slot.gpu_env})
+
+
+def start_raylet(base: RayNodeConfig, barrier: bool, partition: int, _rows):
+    """mapPartitionsWithIndex body: start this executor's raylet, wait for it,
+    hand it over (it outlives the task, tied to the executor JVM and the driver)."""
+    import os
+    slot = this_task(partition, barrier)
+    cfg = place_raylet(base, slot)
+    if not barrier and os.path.isdir(cfg.temp_dir):
+        yield {"executor_id": slot.executor_id, "started": False}  # it has one already
+        return
+    node = launch_ray_node(cfg, f"the raylet of Spark executor {slot.executor_id} on "
+                                f"{slot.host} (partition {partition})")
+    node.wait_ready()
+    slot.sync()  # every raylet is up: only now may they outlive their tasks
     node.detach()
-    yield raylet_record(partition, exec_id, host, jvm.pid, node, options)
-
-
-def raylet_record(partition, exec_id, host, executor_pid, node, options) -> dict:
-    """What the driver keeps about one started raylet."""
-    return {"partition": partition, "executor_id": exec_id, "host": host,
-            "executor_pid": executor_pid, "runner_pid": node.runner_pid,
-            "temp_dir": node.temp_dir, "node_name": options["node_name"]}
+    yield {"executor_id": slot.executor_id, "started": True}

@@ -62,8 +62,7 @@ def spark_capacity(master: str, conf: dict) -> SparkCapacity:
 
 
 def _memory_for_ray(spec: ContextSpec) -> int:
-    base = spec.extra_executor_memory_for_ray or spec.memory
-    return parse_memory("memory", base)
+    return (spec.extra_executor_memory_for_ray or spec.memory).num_bytes
 
 
 def plan_ray(spec: ContextSpec, capacity: SparkCapacity, barrier: bool,
@@ -87,14 +86,15 @@ def plan_ray(spec: ContextSpec, capacity: SparkCapacity, barrier: bool,
             f"at most {capacity.cores}, the cores of one Spark executor",
             hint="raise cores or lower ray_node_cpu_cores")
     if spec.object_store_memory:
-        store = parse_memory("object_store_memory", spec.object_store_memory)
+        store = spec.object_store_memory.num_bytes
         if store < MIN_OBJECT_STORE:
-            raise InvalidArgumentError("object_store_memory", spec.object_store_memory,
+            raise InvalidArgumentError("object_store_memory", spec.object_store_memory.text,
                                        "at least '78m' (Ray's minimum object store)")
         head_store = store
     else:
         store = max(MIN_OBJECT_STORE, int(_memory_for_ray(spec) * OBJECT_STORE_FRACTION))
-        head_memory = parse_memory("driver_memory", driver_memory or spec.driver_memory)
+        head_memory = (parse_memory("driver_memory", driver_memory) if driver_memory
+                       else spec.driver_memory.num_bytes)
         head_store = max(MIN_OBJECT_STORE, int(head_memory * OBJECT_STORE_FRACTION))
     return RayPlan(num_ray_nodes=nodes, node_cpus=cpus, node_object_store=store,
                    head_object_store=head_store, barrier=barrier,

@@ -8,6 +8,8 @@ from typing import Optional
 
 import psutil
 
+from ..errors import OrcaRuntimeError
+
 
 def executor_jvm() -> psutil.Process:
     """The JVM of this executor: the nearest java ancestor of this Python worker."""
@@ -16,7 +18,7 @@ def executor_jvm() -> psutil.Process:
         if p.name() == "java":
             return p
         p = p.parent()
-    raise RuntimeError("no java process among the ancestors of this Python worker; "
+    raise OrcaRuntimeError("no java process among the ancestors of this Python worker; "
                        "is this running inside a Spark task?")
 
 
@@ -40,4 +42,6 @@ def gpu_env(task_context) -> dict:
 def partition_id() -> int:
     """This Spark task's partition (mapInArrow does not pass it to its function)."""
     from pyspark import TaskContext
-    return TaskContext.get().partitionId()
+    context = TaskContext.get()
+    assert context is not None
+    return context.partitionId()

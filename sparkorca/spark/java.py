@@ -45,8 +45,12 @@ def java_version(java: str) -> Tuple[int, str]:
         raise JavaError(f"could not read the version of {java} from its output: {text!r}")
     version = m.group(1)
     parts = version.split(".")
-    major = int(parts[1]) if parts[0] == "1" else int(re.match(r"\d+", parts[0]).group(0))
-    return major, version
+    if parts[0] == "1":
+        return int(parts[1]), version
+    lead = re.match(r"\d+", parts[0])
+    if not lead:
+        raise JavaError(f"could not read the major version of {java} from {version!r}")
+    return int(lead.group(0)), version
 
 
 def check_java() -> Tuple[str, str]:
@@ -60,5 +64,6 @@ def check_java() -> Tuple[str, str]:
         raise JavaError(f"Java not found: {where}; {fix}")
     major, version = java_version(java)
     if major < MIN_JAVA:
-        raise JavaError(f"Java at {java} is version {version}, Spark needs Java >= {MIN_JAVA}; {fix}")
+        raise JavaError(f"Java at {java} is version {version}, Spark needs Java >= {MIN_JAVA}; "
+                        f"{fix}")
     return java, version

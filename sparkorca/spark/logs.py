@@ -17,6 +17,7 @@ import secrets
 import socketserver
 import sys
 import threading
+from typing import Deque, Optional
 
 TOKEN_ENV = "SPARKORCA_LOG_TOKEN"
 ADDRESS_ENV = "SPARKORCA_LOG_ADDRESS"
@@ -28,8 +29,9 @@ class OutputPump:
     def __init__(self, name: str, to_stdout: bool, tail_lines: int = 200):
         self.name = name
         self.to_stdout = to_stdout
-        self._tail = collections.deque(maxlen=tail_lines)
-        self.read_fd, self.write_fd = os.pipe()
+        self._tail: Deque[str] = collections.deque(maxlen=tail_lines)
+        self.read_fd, write_fd = os.pipe()
+        self.write_fd: Optional[int] = write_fd
         self._thread = threading.Thread(target=self._run, name=f"sparkorca-{name}-output",
                                         daemon=True)
         self._thread.start()
@@ -61,6 +63,8 @@ class OutputPump:
 
 
 class _Handler(socketserver.StreamRequestHandler):
+    server: LogSink
+
     def handle(self) -> None:
         self.request.settimeout(10)
         presented = self.rfile.readline(256).strip()
@@ -88,6 +92,7 @@ class LogSink(socketserver.ThreadingTCPServer):
     @property
     def address(self) -> str:
         host, port = self.server_address[:2]
+        assert isinstance(host, str)
         return f"{host}:{port}"
 
     def emit(self, line: str) -> None:

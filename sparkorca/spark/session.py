@@ -103,7 +103,7 @@ def start_spark(launch: SparkLaunch, log_output: bool) -> OwnedSpark:
     from pyspark.java_gateway import launch_gateway
 
     conf = SparkConf(loadDefaults=False).setMaster(launch.master)
-    conf.setAll(launch.conf.items())
+    conf.setAll(list(launch.conf.items()))
     pump = OutputPump("spark-driver", to_stdout=log_output)
     try:
         with temporary_environ({**launch.driver_env, "PYSPARK_SUBMIT_ARGS": "pyspark-shell"}):
@@ -143,16 +143,27 @@ def registered_executors(sc) -> int:
     return sc._jsc.sc().getExecutorIds().size()
 
 
+MISSING_ON_EXECUTORS = ("No module named 'sparkorca'", 'No module named "sparkorca"')
+
+
 def job_error_text(error: BaseException, markers=("Traceback (most recent call last)",),
                    limit: int = 4000) -> str:
     """The useful part of a failed Spark job's error: from the first of ``markers``
     (the Python traceback Spark carried back from the executor, by default) up to
-    the JVM stack; else the error's tail."""
+    the JVM stack; else the error's tail. When the executors' Python could not even
+    import sparkorca, that comes first, with the fix."""
     text = str(error)
+    cause = ""
+    if any(m in text for m in MISSING_ON_EXECUTORS):
+        cause = ("The executors' Python cannot import sparkorca (ModuleNotFoundError: No "
+                 "module named 'sparkorca'): they run a different Python than this driver. "
+                 "Point PYSPARK_PYTHON (or spark.pyspark.python) at a Python that has "
+                 "sparkorca installed, or start Spark with init_orca_context(...), which runs "
+                 "the executors on this driver's Python or ships its environment.\n")
     for marker in markers:
         if marker in text:
-            return text[text.index(marker):].split("\n\tat ")[0].strip()[:limit]
-    return text.strip()[-limit:]
+            return cause + text[text.index(marker):].split("\n\tat ")[0].strip()[:limit]
+    return cause + text.strip()[-limit:]
 
 
 def expected_executors(sc) -> Optional[int]:
@@ -174,8 +185,8 @@ def wait_for_executors(sc, need: int, timeout: float, purpose: str) -> None:
     expected = expected_executors(sc)
     need = min(need, expected) if expected else need
     wait_for(lambda: registered_executors(sc) >= need, timeout,
-             f"{need} Spark executor(s) to register with the driver before {purpose} "
-             f"(registered so far: {registered_executors(sc)})")
+             f"{need} Spark executor(s) to register with the driver before {purpose}",
+             tail=lambda: f"registered so far: {registered_executors(sc)}")
 
 
 def active_spark_context():

@@ -8,6 +8,7 @@ process is supervised and killed with its tree at stop.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -55,55 +56,56 @@ class LocalStandaloneCluster:
         self.master: Optional[Child] = None
         self.workers: List[Child] = []
 
-    def _env(self) -> dict:
+    def _env(self, root: str) -> dict:
         env = dict(os.environ)
         env.update({
             "SPARK_HOME": spark_home(),
             "SPARK_LOCAL_IP": self.host,
             # Executors put their block managers and shuffle files here, so one
             # rmtree at stop removes every temp file the cluster made.
-            "SPARK_LOCAL_DIRS": os.path.join(self.root, "local"),
-            "SPARK_WORKER_DIR": os.path.join(self.root, "work"),
-            "SPARK_LOG_DIR": self.root,
+            "SPARK_LOCAL_DIRS": os.path.join(root, "local"),
+            "SPARK_WORKER_DIR": os.path.join(root, "work"),
+            "SPARK_LOG_DIR": root,
         })
         env.pop("PYSPARK_GATEWAY_PORT", None)
         env.pop("PYSPARK_GATEWAY_SECRET", None)
         return env
 
     def start(self) -> "LocalStandaloneCluster":
-        self.root = tempfile.mkdtemp(prefix="sparkorca-standalone-")
+        self.root = root = tempfile.mkdtemp(prefix="sparkorca-standalone-")
         try:
-            self._start()
+            self._start(root)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _start(self) -> None:
-        env = self._env()
+    def _start(self, root: str) -> None:
+        env = self._env(root)
         os.makedirs(env["SPARK_LOCAL_DIRS"])
         os.makedirs(env["SPARK_WORKER_DIR"])
-        self.master = Child(
+        master = self.master = Child(
             "spark master",
             [spark_class(), "org.apache.spark.deploy.master.Master",
              "--host", self.host, "--port", "0", "--webui-port", "0"],
-            os.path.join(self.root, "master.log"), env=env)
-        m = wait_for(lambda: _grep(self.master.log_path, _MASTER_URL_RE), self.timeout,
-                     f"the Spark master on {self.host} to start", tail=self.master.tail,
-                     failed=self.master.exited)
-        self.master_url = m.group(1)
+            os.path.join(root, "master.log"), env=env)
+        m = wait_for(lambda: _grep(master.log_path, _MASTER_URL_RE), self.timeout,
+                     f"the Spark master on {self.host} to start", tail=master.tail,
+                     failed=master.exited)
+        assert m is not None
+        self.master_url = master_url = m.group(1)
         for i in range(self.num_workers):
             self.workers.append(Child(
                 f"spark worker {i}",
                 [spark_class(), "org.apache.spark.deploy.worker.Worker",
                  "--host", self.host, "--port", "0", "--webui-port", "0",
                  "--cores", str(self.cores), "--memory", f"{self.memory_mb}m",
-                 "--work-dir", env["SPARK_WORKER_DIR"], self.master_url],
-                os.path.join(self.root, f"worker-{i}.log"), env=env))
+                 "--work-dir", env["SPARK_WORKER_DIR"], master_url],
+                os.path.join(root, f"worker-{i}.log"), env=env))
         # Workers start concurrently; wait for each to register.
         for w in self.workers:
-            wait_for(lambda w=w: _grep(w.log_path, re.compile(_REGISTERED)), self.timeout,
-                     f"{w.name} to register with {self.master_url}", tail=w.tail,
+            wait_for(functools.partial(_grep, w.log_path, re.compile(_REGISTERED)), self.timeout,
+                     f"{w.name} to register with {master_url}", tail=w.tail,
                      failed=w.exited)
         log.info("standalone cluster %s with %d worker(s) is up", self.master_url,
                  self.num_workers)

@@ -14,8 +14,9 @@ import sys
 from typing import Sequence
 
 from ..errors import InvalidArgumentError
-from .conf import SUBMITTED_ENV, SparkLaunch
+from .conf import SparkLaunch
 from .java import spark_submit
+from .managers import SUBMITTED_ENV
 
 
 def running_resubmitted() -> bool:

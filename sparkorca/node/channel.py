@@ -1,4 +1,5 @@
-"""Authenticated message channel of a TFCluster: driver <-> nodes, feeders <-> nodes.
+"""The authenticated message channel of the node layer: driver <-> nodes (Ray
+node runners, TFCluster nodes), and feeders <-> TFCluster nodes.
 
 Both ends prove they hold the cluster's secret before anything else is read
 (mutual HMAC-SHA256 challenge-response over fresh nonces), and then exchange
@@ -8,6 +9,7 @@ that peer has authenticated; the driver never unpickles anything at all.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -15,7 +17,7 @@ import os
 import socket
 import struct
 import threading
-from typing import Optional
+from typing import Iterator, Optional
 
 from ..errors import OrcaRuntimeError
 
@@ -51,6 +53,12 @@ class Channel:
         # between them are read from the same buffer.
         self.rfile = sock.makefile("rb")
         self._send_lock = threading.Lock()
+        # ``rfile`` holds the descriptor open until it is closed itself; closing it
+        # while another thread reads from it could deadlock on its buffer lock, so
+        # the last reader out closes it once the channel is closing.
+        self._state = threading.Lock()
+        self._readers = 0
+        self._closing = False
 
     # The server side speaks first, so a client that cannot answer learns nothing.
     @classmethod
@@ -86,8 +94,24 @@ class Channel:
         with self._send_lock:
             self.sock.sendall(_LEN.pack(len(data)) + data)
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Around a read of ``rfile`` (a message, an Arrow stream)."""
+        with self._state:
+            if self._closing:
+                raise ConnectionError("the channel is closed")
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._readers -= 1
+                if self._closing and not self._readers:
+                    self.rfile.close()
+
     def _read(self, n: int) -> bytes:
-        data = self.rfile.read(n)
+        with self.reading():
+            data = self.rfile.read(n)
         if len(data) < n:
             raise ConnectionError(f"connection closed by the peer ({len(data)} of {n} bytes read)")
         return data
@@ -122,14 +146,19 @@ class Channel:
         self.sock.settimeout(timeout)
 
     def close(self) -> None:
-        # Shut down first: it wakes a thread blocked reading. Closing ``rfile`` here
-        # could deadlock on the buffer lock that reader holds; it closes with its
-        # last reference, and the socket's descriptor with it.
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        """Shut the connection down (waking a thread blocked reading) and release
+        the descriptor: now, or when that reader is out."""
+        with self._state:
+            if self._closing:
+                return
+            self._closing = True
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.sock.close()
+            if not self._readers:
+                self.rfile.close()
 
 
 def connect_tcp(host: str, port: int, secret: bytes, timeout: float = 30.0) -> Channel:
