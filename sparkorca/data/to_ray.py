@@ -4,8 +4,9 @@ Each Spark task joins the Ray node of its own executor (RayOnSpark), turns its
 partition into one Arrow table and hands it to the *holder* actor on that node,
 which puts it again so that the holder, not the task, owns the object (Ray 2.56
 removed ``ray.put(_owner=)``): the data lives on after the task and its Python
-worker are gone, and it moves only within the node's shared memory. The driver only gathers the object refs, in partition
-order, and builds the Dataset from them: no row passes through it. The holders
+worker are gone, and it moves only within the node's shared memory. The driver
+only gathers the object refs, in partition order, and builds the Dataset from
+them: no row passes through it. The holders
 (0 CPU, one per Ray node, named per transfer) live until the context stops.
 """
 
@@ -13,8 +14,6 @@ from __future__ import annotations
 
 import secrets
 from typing import List
-
-from ..errors import NoContextError
 
 HOLDER_PREFIX = "sparkorca-holder"
 
@@ -61,6 +60,7 @@ def start_holders(tag: str) -> List[object]:
 def _find_holder(name: str, namespace: str):
     """The holder of this node; its registration may be a moment behind the job."""
     import ray
+
     from .._wait import wait_for
 
     def lookup():
@@ -81,11 +81,14 @@ def _put_partition(tag: str, namespace: str, index: int, batches):
     the holder has its copy, the task's process owns the data)."""
     import pyarrow as pa
     import ray
+
     from ..ray import connect
     connect()
     holder = _find_holder(f"{HOLDER_PREFIX}-{tag}-{ray.get_runtime_context().get_node_id()}",
                           namespace)
-    pending, block, size = [], [], 0
+    pending: list = []
+    block: list = []
+    size = 0
 
     def send():
         pending.append(holder.store.remote((index, len(pending)), pa.Table.from_batches(block)))
@@ -107,16 +110,13 @@ def _to_ray(run_puts):
     """Start the holders, let ``run_puts(tag, namespace)`` run the Spark job whose
     tasks put their partitions, and build the Dataset from the holders' refs."""
     import ray
-    from ..context import running_context
-    running = running_context()
-    if running is None or running.ray is None:
-        raise NoContextError("to_ray_dataset needs Ray on Spark: start the context with "
-                             "init_orca_context(..., init_ray_on_spark=True) or call "
-                             "OrcaContext.get_ray_context() first")
+
+    from ..context import OrcaContext
+    ray_context = OrcaContext.get_ray_context()  # Ray on Spark, started on demand
     tag = secrets.token_hex(4)
     namespace = ray.get_runtime_context().namespace
     holders = start_holders(tag)
-    running.ray.keep_alive(holders)
+    ray_context.keep_alive(holders)
     run_puts(tag, namespace)
     refs = {}
     for collected in ray.get([h.collected.remote() for h in holders]):
@@ -137,6 +137,7 @@ def spark_df_to_ray_dataset(df):
     def run(tag, namespace):
         def put(batches):
             import pyarrow as pa
+
             from ..spark.executor import partition_id
             done = _put_partition(tag, namespace, partition_id(), batches)
             yield pa.RecordBatch.from_pydict({"p": pa.array(done, pa.int64())})
