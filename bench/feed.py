@@ -20,12 +20,11 @@ Each contender runs in a fresh Python process. Prints rows/s, MB/s and the ratio
 """
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import tempfile
 import textwrap
+
+from _contender import run_contender
 
 MASTER = "local-cluster[2,1,1024]"
 COLS = 32
@@ -126,16 +125,7 @@ TFOS = """
 def run(python, body, rows, timeout=1800):
     code = textwrap.dedent(COMMON.format(rows=rows, master=MASTER, cols=COLS)) + \
         textwrap.dedent(body.format())
-    # executors must run the contender's interpreter, not the python3 on PATH
-    env = dict(os.environ, PYSPARK_PYTHON=python, PYSPARK_DRIVER_PYTHON=python)
-    with tempfile.TemporaryDirectory() as cwd:
-        proc = subprocess.run([python, "-c", code], capture_output=True, text=True,
-                              timeout=timeout, cwd=cwd, env=env)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"{python} failed (code {proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                       f"{proc.stderr[-3000:]}")
+    return run_contender(code, python, timeout)
 
 
 def rate(r):

@@ -18,12 +18,9 @@ Spark driver JVM, read from /proc before they stop).
 """
 
 import argparse
-import json
-import os
-import subprocess
-import sys
-import tempfile
 import textwrap
+
+from _contender import run_contender
 
 COMMON = """
     import json, os, time
@@ -101,17 +98,8 @@ SPARKORCA = """
 
 
 def run(body, rows, **fmt):
-    code = textwrap.dedent(COMMON.format(rows=rows)) + textwrap.dedent(body.format(**fmt))
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
-    with tempfile.TemporaryDirectory() as home:
-        env["HOME"] = home  # no ~/.ray/auth_token shared between contenders
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              timeout=1800, cwd=home, env=env)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"contender failed (code {proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                       f"{proc.stderr[-3000:]}")
+    return run_contender(textwrap.dedent(COMMON.format(rows=rows))
+                         + textwrap.dedent(body.format(**fmt)))
 
 
 def main():
