@@ -66,10 +66,17 @@ def _children():
     return out
 
 
-def _settled(baseline):
-    """The state once this cycle's processes are gone (they exit after stop returns);
-    ``baseline``: children that were there before (e.g. a session's standalone cluster)."""
+def _settled(baseline, py_threads=None):
+    """The state once this cycle's processes are gone (they exit after stop returns)
+    and its Python threads have ended; ``baseline``: children that were there before
+    (e.g. a session's standalone cluster), ``py_threads``: the threads before."""
     wait_for(lambda: not _children() - baseline, 30, "the cycle's processes to exit")
+    if py_threads is not None:
+        try:
+            wait_for(lambda: threading.active_count() <= py_threads, 10,
+                     "the cycle's Python threads to end")
+        except StartupTimeoutError:
+            pass  # counted below: the assertion names the threads
     state = _state()
     state["children"] = len(_children() - baseline)
     return state
@@ -90,8 +97,11 @@ def _assert_no_growth(rows, ray_cycles):
     assert last["fds"] <= base["fds"] + allowance, (base, last)
     grown = last["names"] - base["names"]
     assert grown["python"] <= allowance, (grown, base, last)
-    assert not grown - collections.Counter(python=grown["python"]), (grown, base, last)
-    assert last["py_threads"] <= base["py_threads"], (base, last)
+    # gRPC's pools (event_engine, ...) grow and shrink with load: a thread or two,
+    # never one a cycle
+    others = grown - collections.Counter(python=grown["python"])
+    assert sum(others.values()) <= 2, (grown, base, last)
+    assert last["py_threads"] <= base["py_threads"], [t.name for t in threading.enumerate()]
     assert last["children"] == 0 and last["tmp"] <= base["tmp"], (base, last)
     first = rows[0][0]
     assert max(secs for secs, _ in rows) <= 2 * first, [round(s, 1) for s, _ in rows]
@@ -99,7 +109,7 @@ def _assert_no_growth(rows, ray_cycles):
 
 def test_twenty_ray_on_spark_contexts_in_one_process_do_not_grow():
     import ray
-    rows, baseline = [], _children()
+    rows, baseline, py_threads = [], _children(), threading.active_count()
     for _ in range(20):
         start = time.monotonic()
         sc = init_orca_context(cluster_mode="local", cores=1, memory="1g",
@@ -107,7 +117,7 @@ def test_twenty_ray_on_spark_contexts_in_one_process_do_not_grow():
         assert ray.get(ray.remote(lambda x: x * 2).remote(21)) == 42
         assert sc.parallelize(range(100), 2).sum() == 4950
         stop_orca_context()
-        rows.append((time.monotonic() - start, _settled(baseline)))
+        rows.append((time.monotonic() - start, _settled(baseline, py_threads)))
     _print_table("RayOnSpark: init / Ray and Spark work / stop", rows)
     _assert_no_growth(rows, ray_cycles=len(rows) - 3)
 
