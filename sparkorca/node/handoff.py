@@ -12,12 +12,17 @@ the node must stop.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import json
 import os
 import select
 import struct
 import sys
+import termios
 from typing import Dict, Optional, Tuple
+
+import psutil
 
 READY = "READY"
 FAILED = "FAILED"
@@ -75,6 +80,20 @@ class Handoff:
 
     def exited(self, why: str, tail: str = "") -> None:
         self._write(EXITED, {"why": why, "tail": tail})
+
+
+def released_early(owner_pid: int, stdin_fd: int = 0) -> Optional[str]:
+    """While the node is still starting: why it must give up, if it must (its owner
+    exited, or the launching task ended and closed stdin). Reads nothing from stdin:
+    EOF is a readable fd with no byte waiting."""
+    if not psutil.pid_exists(owner_pid):
+        return f"owner process {owner_pid} exited"
+    if select.select([stdin_fd], [], [], 0)[0]:
+        waiting = array.array("i", [0])
+        fcntl.ioctl(stdin_fd, termios.FIONREAD, waiting)
+        if waiting[0] == 0:
+            return "the launching task ended before the node was up"
+    return None
 
 
 def wait_until_released(owner_pid: int, extra: Dict[int, str], stdin_fd: int = 0) -> str:

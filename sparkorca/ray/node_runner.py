@@ -35,7 +35,7 @@ from .._process import become_subreaper, die_with_parent, reap_descendants, tail
 from .._wait import wait_for
 from ..errors import OrcaRuntimeError, StartupTimeoutError
 from ..node import control
-from ..node.handoff import Handoff, read_launch, wait_until_released
+from ..node.handoff import Handoff, read_launch, released_early, wait_until_released
 from ..node.host import PortReservation
 from .node import RUNNER_PID_ENV, RayNodeConfig, ray_start_argv
 
@@ -107,13 +107,19 @@ class StartWatch:
 
     CORE = ("gcs_server", "raylet")
 
-    def __init__(self, proc: subprocess.Popen):
+    def __init__(self, proc: subprocess.Popen, owner_pid: Optional[int] = None):
         self.proc = proc
+        self.owner_pid = owner_pid
         self.seen: dict = {}  # pid -> (name, process)
 
     def failure(self) -> Optional[str]:
         if self.proc.poll() is not None:
             return f"ray start exited with code {self.proc.returncode}"
+        if self.owner_pid is not None:
+            # e.g. a raylet job cancelled by stop while ray start still waits for a GCS
+            why = released_early(self.owner_pid)
+            if why:
+                return why
         try:
             for child in psutil.Process(self.proc.pid).children(recursive=True):
                 name = _name(child)
@@ -201,7 +207,7 @@ class Runner:
                                              preexec_fn=die_with_parent)
             return wait_for(lambda: _read_address(cfg.temp_dir) or "", cfg.ready_timeout,
                             "ray start to bring the node up",
-                            failed=StartWatch(self.proc).failure)
+                            failed=StartWatch(self.proc, cfg.owner_pid).failure)
         finally:
             for reservation in held:
                 reservation.close()
