@@ -27,7 +27,8 @@ from sparkorca._wait import wait_for
 
 pytestmark = pytest.mark.engine
 
-# Ray 2.60's driver keeps one socket and one unnamed native thread (comm "python")
+# Ray 2.60's driver keeps one socket and one unnamed native thread (its comm is the
+# process's own name: "python", or "pytest" when run as .venv/bin/pytest)
 # for every ray.init() / ray.shutdown() of a cluster that has since stopped; plain
 # Ray does the same with no sparkorca involved (measured: fds +0.75, "python"
 # threads +1 a cycle). sparkorca must add nothing to it.
@@ -44,6 +45,12 @@ def _thread_names():
         except OSError:  # the thread just ended
             pass
     return names
+
+
+def _process_name() -> str:
+    """The comm that a thread nobody named inherits from the process."""
+    with open("/proc/self/comm") as f:
+        return f.read().strip()
 
 
 def _state():
@@ -96,21 +103,23 @@ def _assert_no_growth(rows, ray_cycles):
     allowance = RAY_OWN_GROWTH_PER_CYCLE * ray_cycles
     assert last["fds"] <= base["fds"] + allowance, (base, last)
     grown = last["names"] - base["names"]
-    assert grown["python"] <= allowance, (grown, base, last)
-    # gRPC's pools (event_engine, ...) grow and shrink with load: a thread or two,
-    # never one a cycle
-    others = grown - collections.Counter(python=grown["python"])
-    assert sum(others.values()) <= 2, (grown, base, last)
+    unnamed = _process_name()
+    assert grown[unnamed] <= allowance, (grown, base, last)
+    # gRPC's pools (event_engine, ...) grow now and then with load (plain ray.init
+    # cycles: event_engine 2 -> 3 over 14 cycles; a soak run here: +4 over 17): a
+    # leak would add one every cycle
+    others = grown - collections.Counter({unnamed: grown[unnamed]})
+    assert sum(others.values()) <= ray_cycles // 2, (grown, base, last)
     assert last["py_threads"] <= base["py_threads"], [t.name for t in threading.enumerate()]
     assert last["children"] == 0 and last["tmp"] <= base["tmp"], (base, last)
     first = rows[0][0]
     assert max(secs for secs, _ in rows) <= 2 * first, [round(s, 1) for s, _ in rows]
 
 
-def test_twenty_ray_on_spark_contexts_in_one_process_do_not_grow():
+def test_twelve_ray_on_spark_contexts_in_one_process_do_not_grow():
     import ray
     rows, baseline, py_threads = [], _children(), threading.active_count()
-    for _ in range(20):
+    for _ in range(12):
         start = time.monotonic()
         sc = init_orca_context(cluster_mode="local", cores=1, memory="1g",
                                init_ray_on_spark=True, conf=QUIET)

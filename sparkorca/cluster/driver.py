@@ -256,15 +256,35 @@ class TFCluster:
         rows = self._run_job(action, f"train(): feed {type(dataRDD).__name__} to the nodes")
         fed = self._fed_nums()
         if num_epochs > 1:
-            self._replay(fed, cfg, num_epochs - 1)
+            self._replay(fed, cfg, num_epochs - 1, marks=False)
         self.server.send(fed, {"type": "flush", "qname": qname})
         self.fed_rows = sum(rows or [])
         log.info("TFCluster train(): %d rows fed (first epoch)", self.fed_rows)
 
-    def _replay(self, fed: List[int], cfg: dict, epochs: int) -> None:
+    def feed_stored(self, data, num_epochs: int, feed_timeout: float, qname: str) -> int:
+        """Store ``data`` on the nodes first (each its own executor's partitions, in
+        ``OrcaContext.train_data_store``), then feed it from there ``num_epochs``
+        times, every epoch ending with a partial or empty batch; rows stored.
+
+        What the Estimators' workers need: a worker waiting for data it can only
+        get once the others have taken theirs would deadlock a synchronous
+        (all-reduce) step; from the store every worker's epoch ends on its own.
+        """
+        feed_timeout = self._check_feed_args(qname, feed_timeout)
+        self._check_nodes()
+        cfg = dict(self._feed_cfg(qname, feed_timeout, num_epochs), store_only=True)
+        rows = self._run_job(_train_action(data, cfg),
+                             f"store {type(data).__name__} on the nodes")
+        self._replay(self._fed_nums(), cfg, num_epochs, marks=True)
+        return sum(rows or [])
+
+    def _replay(self, fed: List[int], cfg: dict, epochs: int, marks: bool) -> None:
+        """Have the nodes feed their stored epoch ``epochs`` times; returns once
+        every node's consumer has taken it all."""
         feed_id = cfg["feed_id"]
         self.server.send(fed, {"type": "replay", "qname": cfg["qname"], "feed_id": feed_id,
-                               "epochs": epochs, "feed_timeout": cfg["feed_timeout"]})
+                               "epochs": epochs, "feed_timeout": cfg["feed_timeout"],
+                               "marks": marks})
         links = [self.server.node(k) for k in fed]
         if self.server.wait(lambda: all(feed_id in n.replies or n.state != NodeState.RUNNING
                                         for n in links), None, self._nodes_failed):
@@ -349,7 +369,7 @@ def _train_action(data, cfg):
             n = train(cfg, partition_id(), iter(batches))
             yield pa.RecordBatch.from_pydict({"rows": [n]})
         return lambda: [r.rows for r in data.mapInArrow(feed_arrow, "rows long").collect()]
-    if hasattr(data, "to_arrow_rdd"):  # sparkorca.data.Shards
+    if hasattr(data, "to_arrow_rdd"):  # sparkorca.data.Shards, the Estimators' inputs
         rdd = data.to_arrow_rdd()
         return lambda: rdd.mapPartitionsWithIndex(
             lambda i, it: [train(cfg, i, it)]).collect()

@@ -183,7 +183,8 @@ class FeedHub:
             channel.send({"type": "terminated"})
             return
         conn = FeedConn(channel, header["mode"], f"partition {header.get('partition')}")
-        store = self._store_for(header) if header.get("epochs", 1) > 1 else None
+        store_only = bool(header.get("store_only"))  # replayed later, epoch 1 included
+        store = self._store_for(header) if header.get("epochs", 1) > 1 or store_only else None
         channel.send({"type": "accepted"})
         while not q.terminated.is_set():
             msg = channel.recv()
@@ -194,8 +195,11 @@ class FeedHub:
                     if store is not None:
                         store.add(batch)
                     conn.rows_in += batch.num_rows
-                    if not q.put(("batch", conn, batch)):
+                    if not store_only and not q.put(("batch", conn, batch)):
                         break
+        if store_only:
+            channel.send({"type": "consumed", "rows": conn.rows_in})
+            return
         if q.terminated.is_set():
             channel.send({"type": "terminated", "rows": conn.rows_in})
             return
@@ -223,24 +227,32 @@ class FeedHub:
                                                os.path.join(self.node_dir, f"store-{key}"))
             return self._stores[key]
 
-    def replay(self, qname: str, feed_id: str, epochs: int, feed_timeout: float) -> None:
+    def replay(self, qname: str, feed_id: str, epochs: int, feed_timeout: float,
+               marks: bool = False) -> None:
         """Feed the stored first epoch ``epochs`` more times (a thread of its own);
-        ``on_replayed`` reports the end, or that the consumer stopped taking data."""
+        ``on_replayed`` reports the end, or that the consumer stopped taking data.
+        With ``marks`` every epoch ends with a flush (the consumer's next batch is
+        partial or empty: the end of that epoch), as the Estimators read epochs."""
         def run():
             store = self._stores.pop(feed_id, None)
             q = self.queue(qname)
             conn = FeedConn(None, "train", "replay")
             error = None
             try:
-                for _ in range(epochs if store is not None else 0):
-                    for part in store.parts():
+                # a node fed nothing has no store, and its epochs are empty ones
+                for epoch in range(epochs if store is not None or marks else 0):
+                    for part in store.parts() if store is not None else ():
                         for batch in part:
                             conn.rows_in += batch.num_rows
                             if not q.put(("batch", conn, batch), feed_timeout):
                                 raise _Stalled
                         del part
+                    if marks and epoch < epochs - 1:
+                        q.marker(FLUSH)
                 conn.input_done = True
                 if q.put(("end_partition", conn), feed_timeout):
+                    if marks:
+                        q.marker(FLUSH)  # after end_partition: the consumer stops here
                     while not conn.consumed.wait(_POLL):
                         if self.finished.is_set() or q.terminated.is_set():
                             break

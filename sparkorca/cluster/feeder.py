@@ -52,7 +52,8 @@ class _Feed:
             raise OrcaRuntimeError(f"{self.what}: the node is not running (its map_fun ended "
                                    "or failed; the driver reports why)") from None
         self.ch.send({"qname": cfg["qname"], "mode": mode, "feed_id": cfg["feed_id"],
-                      "epochs": cfg["epochs"], "partition": partition})
+                      "epochs": cfg["epochs"], "partition": partition,
+                      "store_only": cfg.get("store_only", False)})
         self.accepted = self.ch.recv()["type"] == "accepted"
         self.ch.settimeout(self.timeout)
 

@@ -17,6 +17,8 @@ which keep answering feeders that they are finished until then).
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import re
@@ -170,7 +172,8 @@ class Node:
         elif kind == "flush":
             feed.flush(msg["qname"])
         elif kind == "replay":
-            feed.replay(msg["qname"], msg["feed_id"], msg["epochs"], msg["feed_timeout"])
+            feed.replay(msg["qname"], msg["feed_id"], msg["epochs"], msg["feed_timeout"],
+                        bool(msg.get("marks")))
 
     def run(self) -> None:
         from .node_context import NodeContext
@@ -183,23 +186,36 @@ class Node:
         assert self.control is not None
         os.environ["TF_CONFIG"] = rolemod.tf_config(cluster_info, cfg.job_name, cfg.task_index)
         os.environ.update(rolemod.torch_env(cluster_info, cfg.master_node, cfg.worker_num))
-        ctx = NodeContext(cfg, port, cluster_info, self.feed, port_sock)
+        ctx = NodeContext(cfg, port, cluster_info, self.feed, port_sock,
+                          functools.partial(control.report, self.control))
         if cfg.release_port:
             ctx.release_port()
         self.handoff.ready({"port": port})
         try:
-            self.map_fun(self.tf_args, ctx)
+            result = self.map_fun(self.tf_args, ctx)
         except BaseException:
             tb = traceback.format_exc()
             sys.stderr.write(tb)
             control.report(self.control, {"type": "error", "traceback": tb})
             self.exit(1, "map_fun raised")
-        control.report(self.control, {"type": "done"})
+        control.report(self.control, {"type": "done", "result": _json_or_none(result)})
         if self.feed is None:
             self.exit(0, "map_fun returned")
         else:
             self.feed.finished.set()  # feeders from now on hear "finished" until shutdown
         self._watcher.join()  # it ends the process on stop, shutdown or owner exit
+
+
+def _json_or_none(result):
+    """What map_fun returned, for the driver, if it is JSON (TFoS's map_funs return
+    nothing; the Estimators' workers return their stats)."""
+    try:
+        json.dumps(result)
+        return result
+    except (TypeError, ValueError):
+        log.info("map_fun's result (%s) is not JSON: the driver gets None",
+                 type(result).__name__)
+        return None
 
 
 def _children():

@@ -7,7 +7,7 @@ import contextlib
 import getpass
 import os
 import socket
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from ..errors import OrcaRuntimeError
 from ..node.host import temp_root
@@ -37,7 +37,8 @@ class NodeContext:
     """What a node knows about itself and its cluster."""
 
     def __init__(self, cfg: TFNodeConfig, port: int, cluster_info: List[dict], mgr,
-                 port_socket: Optional[socket.socket]):
+                 port_socket: Optional[socket.socket],
+                 report: Optional[Callable[[dict], None]] = None):
         self.job_name: str = cfg.job_name
         self.task_index: int = cfg.task_index
         self.worker_num: int = cfg.worker_num
@@ -55,6 +56,13 @@ class NodeContext:
         self.tmp_socket: Optional[socket.socket] = port_socket
         self._serialize = cfg.serialize_data_creator
         self._lock_path = cfg.lock_path
+        self._report = report
+
+    def report(self, msg: dict) -> None:
+        """Send a JSON message to the driver over the node's control connection (the
+        Estimators' workers report each epoch's progress this way)."""
+        if self._report is not None:
+            self._report({"type": "progress", "worker_num": self.worker_num, "body": msg})
 
     def absolute_path(self, path: str) -> str:
         return absolute_path(self.defaultFS, self.working_dir, path)

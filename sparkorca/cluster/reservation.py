@@ -23,6 +23,8 @@ class ReservationServer(NodeHub):
         self._cluster_sent = False
         self.on_register = self._send_cluster_when_complete
         self.on_message = self._on_message
+        # the map_funs' ctx.report(...) messages, in the hub's reading thread
+        self.on_progress: Callable[[NodeLink, dict], None] = lambda link, body: None
 
     def _send_cluster_when_complete(self, _link: NodeLink) -> None:
         with self.cond:
@@ -36,6 +38,8 @@ class ReservationServer(NodeHub):
     def _on_message(self, link: NodeLink, msg: dict) -> None:
         if msg.get("type") == "replayed":
             link.replies[msg["feed_id"]] = msg
+        elif msg.get("type") == "progress":
+            self.on_progress(link, msg.get("body") or {})
 
     def complete(self) -> bool:
         return all(link.info is not None for link in self.nodes.values())

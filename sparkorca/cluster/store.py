@@ -9,6 +9,7 @@ and replays one file at a time, so about 1/n of the node's data is in memory.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Iterator, List, Optional, Union
 
 import pyarrow as pa
@@ -41,8 +42,13 @@ class DiskStore:
         self._writers: List[Optional[pa.ipc.RecordBatchStreamWriter]] = [None] * n
         self._schemas: List[Optional[pa.Schema]] = [None] * n
         self._count = 0
+        self._lock = threading.Lock()  # a node's partitions may arrive at once
 
     def add(self, batch: pa.RecordBatch) -> None:
+        with self._lock:
+            self._add(batch)
+
+    def _add(self, batch: pa.RecordBatch) -> None:
         i = self._count % len(self.paths)
         self._count += 1
         writer = self._writers[i]

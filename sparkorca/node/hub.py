@@ -17,7 +17,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .channel import Channel
 
@@ -50,6 +50,7 @@ class NodeLink:
         self.connected = False
         self.stopping = False  # the driver told it to stop: its going away is no loss
         self.replies: Dict[str, dict] = {}  # a feature's keyed reports (e.g. "replayed")
+        self.result: Any = None  # what its work returned (JSON), with "done"
 
     def describe(self) -> str:
         info = self.info or {}
@@ -142,6 +143,7 @@ class NodeHub:
                 kind = msg.get("type")
                 if kind == "done":
                     link.state = NodeState.DONE
+                    link.result = msg.get("result")
                 elif kind == "error":
                     link.state = NodeState.ERROR
                     link.report = str(msg.get("traceback"))

@@ -1,0 +1,41 @@
+"""Orca's PyTorch Estimator: ``from sparkorca.learn.pytorch import Estimator``.
+
+    est = Estimator.from_torch(model=model_creator, optimizer=optimizer_creator,
+                               loss=nn.CrossEntropyLoss(), metrics=[Accuracy()])
+    est.fit(df, epochs=2, batch_size=64, feature_cols=["features"], label_cols=["label"])
+    est.evaluate(df, feature_cols=["features"], label_cols=["label"])
+    est.predict(df, feature_cols=["features"])          # df + "prediction"
+"""
+
+from __future__ import annotations
+
+from ...errors import InvalidArgumentError
+
+
+class Estimator:
+    @staticmethod
+    def from_torch(*, model=None, optimizer=None, loss=None, metrics=None,
+                   scheduler_creator=None, config=None, workers_per_node=1, backend="spark",
+                   model_dir=None, use_tqdm=False, sync_stats=True, log_to_driver=True,
+                   **_ignored):
+        """An Estimator that trains ``model(config)`` with ``optimizer(model, config)``
+        and ``loss`` (a torch loss, or a function (config) -> loss) on the Spark
+        executors, one worker per executor x ``workers_per_node``, under DDP."""
+        if backend != "spark":
+            raise InvalidArgumentError(
+                "backend", backend, "'spark'",
+                hint="the 'ray' backend is not in this release; 'spark' needs no Ray")
+        from .estimator import PyTorchSparkEstimator
+        return PyTorchSparkEstimator(
+            model=model, optimizer=optimizer, loss=loss, metrics=metrics,
+            scheduler_creator=scheduler_creator, config=config,
+            workers_per_node=workers_per_node, model_dir=model_dir, use_tqdm=use_tqdm,
+            sync_stats=sync_stats, log_to_driver=log_to_driver)
+
+    @staticmethod
+    def latest_checkpoint(checkpoint_dir: str) -> str:
+        from .estimator import PyTorchSparkEstimator
+        return PyTorchSparkEstimator.latest_checkpoint(checkpoint_dir)
+
+
+__all__ = ["Estimator"]

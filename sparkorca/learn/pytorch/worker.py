@@ -1,0 +1,373 @@
+"""The PyTorch Estimator on the executors: the training worker (a TFCluster node's
+map_fun, one per worker, under torch DDP over gloo), and the evaluate / predict
+functions Spark runs on each partition.
+
+Workers exchange their statistics as JSON over torch.distributed tensors (never
+pickle), and the driver gets rank 0's result as JSON over the node's
+authenticated control connection: model state as ``torch.save`` bytes read back
+with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+import time
+from typing import Any, Callable, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from .. import metrics as metricmod
+from ..data import Columns, batch_arrays, is_creator
+
+
+@dataclasses.dataclass
+class Creators:
+    """What builds the model, its optimizer, loss and scheduler (Orca's creators)."""
+
+    model: Callable
+    optimizer: Optional[Callable]
+    loss: Any
+    scheduler: Optional[Callable]
+    config: dict
+
+    def build(self, state: Optional[dict], train: bool):
+        import torch
+        model = self.model(self.config)
+        if state is not None:
+            model.load_state_dict(state["models"][0])
+        optimizer = scheduler = None
+        if train:
+            assert self.optimizer is not None  # checked by the Estimator
+            optimizer = self.optimizer(model, self.config)
+            if self.scheduler is not None:
+                scheduler = self.scheduler(optimizer, self.config)
+            if state is not None and state.get("optimizers"):
+                optimizer.load_state_dict(state["optimizers"][0])
+            if scheduler is not None and state is not None and state.get("schedulers"):
+                scheduler.load_state_dict(state["schedulers"][0])
+        loss = self.loss
+        if loss is not None and not isinstance(loss, torch.nn.Module) and is_creator(loss):
+            loss = loss(self.config)
+        return model, optimizer, loss, scheduler
+
+
+@dataclasses.dataclass
+class TrainJob:
+    creators: Creators
+    metrics: List[metricmod.Metric]
+    state: Optional[bytes]
+    first_epoch: int  # the number the first trained epoch gets
+    epochs: int
+    batch_size: int  # the global batch
+    cols: Optional[Columns]  # None: data creators
+    data_creator: Optional[Callable]
+    val_creator: Optional[Callable]
+    has_val: bool
+    model_dir: Optional[str]
+    threads: int
+    sync_stats: bool
+
+
+def state_to_bytes(state: dict) -> bytes:
+    import torch
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def state_from_bytes(blob: bytes) -> dict:
+    import torch
+    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+
+
+def make_state(epoch: int, model, optimizer=None, scheduler=None) -> dict:
+    """Orca's saved state: ``{"epoch", "models", "optimizers", "schedulers"}``."""
+    state: dict = {"epoch": epoch, "models": [model.state_dict()]}
+    if optimizer is not None:
+        state["optimizers"] = [optimizer.state_dict()]
+    if scheduler is not None:
+        state["schedulers"] = [scheduler.state_dict()]
+    return state
+
+
+def write_checkpoint(path: str, blob: bytes) -> None:
+    import fsspec
+    with fsspec.open(path, "wb", auto_mkdir=True) as f:
+        f.write(blob)
+
+
+# -- between the workers ------------------------------------------------------------
+def gather_json(obj) -> list:
+    """Every worker's JSON-able ``obj``, in rank order, over torch.distributed."""
+    import torch
+    import torch.distributed as dist
+    data = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64))
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros(longest, dtype=torch.uint8)
+    padded[:len(data)] = data
+    parts = [torch.zeros(longest, dtype=torch.uint8) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return [json.loads(bytes(p[:int(s.item())].numpy()).decode()) for p, s in zip(parts, sizes)]
+
+
+# -- a model on batches ---------------------------------------------------------------
+def _outputs(out) -> list:
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def _criterion(loss, out, ys):
+    return loss(*_outputs(out), *ys)
+
+
+class Evaluation:
+    """Loss and metrics over batches; its state merges exactly with others'."""
+
+    def __init__(self, metrics: Sequence[metricmod.Metric]):
+        self.metrics = metricmod.fresh(metrics)
+        self.loss_sum = 0.0
+        self.n = 0
+
+    def add(self, model, loss, xs, ys) -> None:
+        import torch
+        with torch.no_grad():
+            out = model(*[torch.from_numpy(x) for x in xs])
+            targets = [torch.from_numpy(y) for y in ys]
+            n = len(ys[0])
+            if loss is not None:
+                self.loss_sum += float(_criterion(loss, out, targets)) * n
+            first = _outputs(out)[0].detach().numpy()
+            for m in self.metrics:
+                m.update(first, ys[0])
+        self.n += n
+
+    def to_json(self) -> dict:
+        return {"loss_sum": self.loss_sum, "n": self.n,
+                "metrics": metricmod.states_to_json(self.metrics)}
+
+    @staticmethod
+    def result(metrics: Sequence[metricmod.Metric], parts: Sequence[dict], has_loss: bool,
+               prefix: str = "", lower: bool = False) -> dict:
+        """The exact values from every worker's or partition's ``to_json``."""
+        total = metricmod.fresh(metrics)
+        metricmod.merge_json(total, [p["metrics"] for p in parts])
+        n = sum(p["n"] for p in parts)
+        out = {}
+        for m in total:
+            name = m.get_name()
+            out[prefix + (name.lower() if lower else name)] = m.compute()
+        if has_loss:
+            out[f"{prefix or 'val_'}loss"] = sum(p["loss_sum"] for p in parts) / n if n \
+                else float("nan")
+        out[f"{prefix}num_samples"] = n
+        return out
+
+
+# -- the training worker ------------------------------------------------------------
+def _feed_batches(feed, size: int, cols: Columns) -> Iterator[tuple]:
+    """An epoch's batches off the TFCluster feed: a batch holds ``size`` rows
+    until the epoch's end, where the feed hands out a partial or an empty one."""
+    while True:
+        batch = feed.next_batch_arrow(size)
+        if batch is None or batch.num_rows == 0:
+            return
+        yield (batch_arrays(batch, cols.features),
+               batch_arrays(batch, cols.labels, labels=True))
+        if batch.num_rows < size:
+            return
+
+
+def _loader_batches(loader) -> Iterator[tuple]:
+    """A DataLoader's batches, Orca's way: ``*features, target = batch``."""
+    for batch in loader:
+        if isinstance(batch, dict):
+            raise TypeError("a data creator's batches are (features..., label) tuples; "
+                            "got a dict")
+        *xs, y = batch
+        yield [np.asarray(x) for x in xs], [np.asarray(y)]
+
+
+def _sharded_loader(loader, rank: int, world: int, shuffle: bool):
+    """The creator's DataLoader over this worker's share of its dataset."""
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset, Subset
+    if isinstance(loader.dataset, IterableDataset):
+        return loader
+    if shuffle:
+        sampler: torch.utils.data.DistributedSampler = torch.utils.data.DistributedSampler(
+            loader.dataset, num_replicas=world, rank=rank, shuffle=True)
+        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
+                          collate_fn=loader.collate_fn, num_workers=loader.num_workers)
+    # evaluation: each sample exactly once (DistributedSampler would pad)
+    part = Subset(loader.dataset, list(range(rank, len(loader.dataset), world)))
+    return DataLoader(part, batch_size=loader.batch_size, collate_fn=loader.collate_fn,
+                      num_workers=loader.num_workers)
+
+
+def train_main(job: TrainJob, ctx) -> Optional[dict]:
+    """One worker of ``Estimator.fit``: ``map_fun(args, ctx)`` of a TFCluster node."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    torch.set_num_threads(max(1, job.threads))
+    dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=30))
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local_bs = max(1, job.batch_size // world)
+        state = state_from_bytes(job.state) if job.state is not None else None
+        model, optimizer, loss, scheduler = job.creators.build(state, train=True)
+        ddp = DistributedDataParallel(model)
+        val_batches: Optional[list] = None
+        if job.has_val and job.cols is not None:
+            val_feed = ctx.get_data_feed(qname_in="val")
+            val_batches = list(_feed_batches(val_feed, local_bs, job.cols))
+        train_loader = val_loader = None
+        if job.data_creator is not None:
+            train_loader = _sharded_loader(job.data_creator(job.creators.config, local_bs),
+                                           rank, world, shuffle=True)
+            if job.val_creator is not None:
+                val_loader = _sharded_loader(job.val_creator(job.creators.config, local_bs),
+                                             rank, world, shuffle=False)
+        feed = ctx.get_data_feed() if job.cols is not None else None
+        history = []
+        for epoch in range(job.first_epoch, job.first_epoch + job.epochs):
+            start = time.monotonic()
+            model.train()
+            if train_loader is not None and hasattr(train_loader.sampler, "set_epoch"):
+                train_loader.sampler.set_epoch(epoch)
+            batches = _feed_batches(feed, local_bs, job.cols) \
+                if feed is not None and job.cols is not None else _loader_batches(train_loader)
+            loss_sum, n, count, last = 0.0, 0, 0, float("nan")
+            with ddp.join():  # workers' batch counts differ: the feed is not padded
+                for xs, ys in batches:
+                    optimizer.zero_grad()
+                    out = ddp(*[torch.from_numpy(x) for x in xs])
+                    value = _criterion(loss, out, [torch.from_numpy(y) for y in ys])
+                    value.backward()
+                    optimizer.step()
+                    last = float(value.detach())
+                    loss_sum += last * len(ys[0])
+                    n += len(ys[0])
+                    count += 1
+            if scheduler is not None:
+                scheduler.step()
+            parts = gather_json({"loss_sum": loss_sum, "n": n, "count": count, "last": last})
+            total = sum(p["n"] for p in parts)
+            stats = {"epoch": epoch, "num_samples": total,
+                     "batch_count": float(np.mean([p["count"] for p in parts])),
+                     "train_loss": sum(p["loss_sum"] for p in parts) / total if total
+                     else float("nan"),
+                     "last_train_loss": float(np.nanmean([p["last"] for p in parts]))
+                     if any(p["count"] for p in parts) else float("nan")}
+            if val_batches is not None or val_loader is not None:
+                model.eval()
+                ev = Evaluation(job.metrics)
+                for xs, ys in (val_batches if val_batches is not None
+                               else _loader_batches(val_loader)):
+                    ev.add(model, loss, xs, ys)
+                stats.update(Evaluation.result(job.metrics, gather_json(ev.to_json()),
+                                               loss is not None, prefix="val_", lower=True))
+            seconds = time.monotonic() - start
+            stats["seconds"] = seconds
+            stats["samples_per_sec"] = total / seconds if seconds else 0.0
+            history.append(stats)
+            if rank == 0:
+                if job.model_dir:
+                    blob = state_to_bytes(make_state(epoch, model, optimizer, scheduler))
+                    for name in (f"epoch={epoch}.ckpt", "last.ckpt"):
+                        write_checkpoint(f"{job.model_dir.rstrip('/')}/{name}", blob)
+                ctx.report({"stats": stats, "last": epoch == job.first_epoch + job.epochs - 1})
+        if rank != 0:
+            return None
+        blob = state_to_bytes(make_state(job.first_epoch + job.epochs - 1, model, optimizer,
+                                         scheduler))
+        return {"state": base64.b64encode(blob).decode(), "history": history}
+    finally:
+        dist.destroy_process_group()
+
+
+# -- evaluate and predict: one Spark task per partition ---------------------------------
+def _chunks(batches: Iterator, size: int) -> Iterator:
+    for batch in batches:
+        for start in range(0, batch.num_rows, size):
+            yield batch.slice(start, size)
+
+
+def evaluate_partition(creators: Creators, blob, metrics, cols: Columns, batch_size: int,
+                       batches: Iterator) -> Iterator:
+    """One partition's loss and metric statistics, as one JSON row."""
+    import pyarrow as pa
+    import torch
+    torch.set_num_threads(1)
+    model, _, loss, _ = creators.build(state_from_bytes(blob.value), train=False)
+    model.eval()
+    ev = Evaluation(metrics)
+    for batch in _chunks(batches, batch_size):
+        ev.add(model, loss, batch_arrays(batch, cols.features),
+               batch_arrays(batch, cols.labels, labels=True))
+    yield pa.RecordBatch.from_pydict({"stats": [json.dumps(ev.to_json())]})
+
+
+def predict_arrays(model, xs: List[np.ndarray]) -> np.ndarray:
+    """The model's first output for ``xs``, trailing size-1 dims squeezed (Orca's rule)."""
+    import torch
+    with torch.no_grad():
+        out = _outputs(model(*[torch.from_numpy(x) for x in xs]))[0].detach().numpy()
+    while out.ndim > 1 and out.shape[-1] == 1:
+        out = out[..., 0]
+    return out
+
+
+def prediction_array(pred: np.ndarray):
+    """Predictions as an Arrow column: scalars as double, vectors as lists of float."""
+    import pyarrow as pa
+    if pred.ndim == 1:
+        return pa.array(pred.astype(np.float64))
+    flat = pa.array(np.ascontiguousarray(pred, dtype=np.float32).reshape(-1))
+    for width in reversed(pred.shape[1:]):
+        flat = pa.ListArray.from_arrays(
+            pa.array(np.arange(0, len(flat) + 1, width, dtype=np.int32)), flat)
+    return flat
+
+
+def predict_partition(creators: Creators, blob, cols: Columns, batch_size: int, output: str,
+                      batches: Iterator) -> Iterator:
+    """A partition's rows with the prediction column added, in order."""
+    import pyarrow as pa
+    import torch
+    torch.set_num_threads(1)
+    model, _, _, _ = creators.build(state_from_bytes(blob.value), train=False)
+    model.eval()
+    for batch in _chunks(batches, batch_size):
+        pred = predict_arrays(model, batch_arrays(batch, cols.features))
+        yield pa.RecordBatch.from_arrays(batch.columns + [prediction_array(pred)],
+                                         names=batch.schema.names + [output])
+
+
+def predict_shards(creators: Creators, blob, cols: Columns, batch_size: int,
+                   shards: Iterator) -> Iterator:
+    """Shards with a "prediction" entry (a column of a pandas shard)."""
+    import pandas as pd
+    import torch
+
+    from ..data import shard_batches
+    torch.set_num_threads(1)
+    model, _, _, _ = creators.build(state_from_bytes(blob.value), train=False)
+    model.eval()
+    for shard in shards:
+        preds = [predict_arrays(model, batch_arrays(b, cols.features))
+                 for b in _chunks(shard_batches(Columns(cols.features), iter([shard])),
+                                  batch_size)]
+        pred = np.concatenate(preds) if preds else np.zeros(0)
+        if isinstance(shard, pd.DataFrame):
+            shard = shard.copy()
+            shard["prediction"] = list(pred) if pred.ndim > 1 else pred
+        else:
+            shard = {**shard, "prediction": pred}
+        yield shard

@@ -1,0 +1,160 @@
+"""The PyTorch Estimator on the Spark backend, real Spark (local-cluster[2,1,1024],
+two workers under DDP) and real torch, on scikit-learn's digits."""
+
+import sys
+
+import numpy as np
+import pytest
+from conftest import QUIET, shared_context
+from pyspark import cloudpickle
+
+from sparkorca import OrcaContext
+from sparkorca.errors import InvalidArgumentError, OrcaRuntimeError
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from sparkorca.learn.metrics import Accuracy  # noqa: E402
+from sparkorca.learn.pytorch import Estimator  # noqa: E402
+
+pytestmark = pytest.mark.engine
+
+# creators travel by value: executors cannot import this test module
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+shared_sc = shared_context(cluster_mode="local-cluster", num_nodes=2, cores=1, memory="1g",
+                           conf=QUIET)
+
+
+def model_creator(config):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def optimizer_creator(model, config):
+    return torch.optim.Adam(model.parameters(), lr=config.get("lr", 0.01))
+
+
+def estimator(**kwargs):
+    return Estimator.from_torch(model=model_creator, optimizer=optimizer_creator,
+                                loss=nn.CrossEntropyLoss(), metrics=[Accuracy()],
+                                config={"lr": 0.01}, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float64)
+    return train_test_split(x, y, test_size=0.25, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def frames(shared_sc, digits):
+    spark = OrcaContext.get_spark_session()
+    x_train, x_test, y_train, y_test = digits
+
+    def frame(x, y, parts):
+        rows = [(i, x[i].tolist(), int(y[i])) for i in range(len(y))]
+        return spark.createDataFrame(rows, "id long, features array<double>, label long") \
+            .repartition(parts).cache()
+    train, test = frame(x_train, y_train, 3), frame(x_test, y_test, 2)
+    return train, test
+
+
+def test_fit_evaluate_predict_save_load_on_a_dataframe(frames, tmp_path, capsys):
+    train, test = frames
+    est = estimator(model_dir=str(tmp_path / "ckpt"))
+    stats = est.fit(train, epochs=3, batch_size=64, feature_cols=["features"],
+                    label_cols=["label"], validation_data=test)
+    assert [s["epoch"] for s in stats] == [1, 2, 3]
+    assert all(s["num_samples"] == train.count() for s in stats)  # each epoch, all rows
+    assert stats[-1]["train_loss"] < stats[0]["train_loss"]
+    assert stats[-1]["val_num_samples"] == test.count()
+    printed = capsys.readouterr().out
+    assert "epoch 3:" in printed and "samples/s" in printed
+
+    result = est.evaluate(test, batch_size=128, feature_cols=["features"], label_cols=["label"])
+    assert result["num_samples"] == test.count()
+    assert result["Accuracy"] >= 0.9, result
+    assert result["Accuracy"] == pytest.approx(stats[-1]["val_accuracy"])
+
+    pred = est.predict(test, feature_cols=["features"]).collect()
+    ids = [r.id for r in test.collect()]
+    assert [r.id for r in pred] == ids  # one per row, in the input's order
+    hits = [int(np.argmax(r.prediction)) == r.label for r in pred]
+    assert sum(hits) / len(hits) == pytest.approx(result["Accuracy"])
+
+    path = str(tmp_path / "model.pt")
+    est.save(path)
+    again = estimator()
+    again.load(path)
+    assert again.evaluate(test, batch_size=128, feature_cols=["features"],
+                          label_cols=["label"]) == result
+    model = again.get_model()
+    assert isinstance(model, nn.Module)
+
+    # checkpoints every epoch; resume from one
+    last = Estimator.latest_checkpoint(str(tmp_path / "ckpt"))
+    assert (tmp_path / "ckpt" / "epoch=2.ckpt").exists()
+    resumed = estimator()
+    resumed.load_checkpoint(last)
+    more = resumed.fit(train, epochs=4, batch_size=64, feature_cols=["features"],
+                       label_cols=["label"], initial_epoch=3)
+    assert [s["epoch"] for s in more] == [4]
+
+
+def test_shards_and_data_creators(frames, digits, shared_sc):
+    from sparkorca.data import XShards
+    x_train, x_test, y_train, y_test = digits
+    train = XShards.partition({"x": x_train.astype(np.float32), "y": y_train}, num_shards=2)
+    test = XShards.partition({"x": x_test.astype(np.float32), "y": y_test}, num_shards=2)
+    est = estimator()
+    stats = est.fit(train, epochs=2, batch_size=64)
+    assert stats[-1]["num_samples"] == len(y_train)
+    result = est.evaluate(test)
+    assert result["Accuracy"] >= 0.85, result
+    pred = est.predict(XShards.partition({"x": x_test.astype(np.float32)}, num_shards=2))
+    out = np.concatenate([s["prediction"] for s in pred.collect()])
+    assert out.shape == (len(y_test), 10)
+    assert np.mean(out.argmax(axis=1) == y_test) == pytest.approx(result["Accuracy"])
+
+    def loader(config, batch_size):
+        data = torch.utils.data.TensorDataset(torch.tensor(x_train, dtype=torch.float32),
+                                              torch.tensor(y_train))
+        return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True)
+    by_creator = estimator()
+    stats = by_creator.fit(loader, epochs=2, batch_size=64, validation_data=loader)
+    assert stats[-1]["val_num_samples"] == len(y_train)  # every sample once
+    assert stats[-1]["val_accuracy"] >= 0.85, stats[-1]
+
+
+class Exploding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(64, 10)
+
+    def forward(self, x):
+        raise ValueError("the model failed on purpose")
+
+
+def test_a_worker_exception_fails_fit_with_its_traceback(frames):
+    train, _ = frames
+    est = Estimator.from_torch(model=lambda config: Exploding(), optimizer=optimizer_creator,
+                               loss=nn.CrossEntropyLoss())
+    with pytest.raises(OrcaRuntimeError, match="failed on purpose") as info:
+        est.fit(train, epochs=2, feature_cols=["features"], label_cols=["label"])
+    assert "Traceback" in str(info.value)
+
+
+def test_bad_columns_fail_before_any_job(frames):
+    train, _ = frames
+    est = estimator()
+    with pytest.raises(InvalidArgumentError, match="feature_cols"):
+        est.fit(train, epochs=1)
+    with pytest.raises(InvalidArgumentError, match="'nope'"):
+        est.fit(train, feature_cols=["nope"], label_cols=["label"])
+    with pytest.raises(InvalidArgumentError, match="workers_per_node"):
+        estimator(workers_per_node=4).fit(train, feature_cols=["features"],
+                                          label_cols=["label"])
