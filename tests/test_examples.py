@@ -54,3 +54,11 @@ def test_tfos_style_program_runs_with_imports_changed_only(tmp_path):
     assert "predictions: 1000 for 1000 rows" in out.stdout
     error = float(out.stdout.split("max error ")[1].split()[0])
     assert error < 0.1, out.stdout
+
+
+def test_orca_pytorch_estimator_program_runs_with_imports_changed_only(tmp_path):
+    pytest.importorskip("torch")
+    out = _run_example("orca_pytorch_estimator.py", tmp_path)
+    assert "epoch 3:" in out and "evaluate: {'Accuracy':" in out
+    accuracy = float(out.split("holdout accuracy ")[1].split()[0])
+    assert accuracy >= 0.9, out
