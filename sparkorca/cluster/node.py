@@ -85,7 +85,10 @@ class Node:
     def exit(self, code: int, reason: str) -> None:
         """Kill what this node started, remove its temp dir, and end the process."""
         if not self._exit_lock.acquire(blocking=False):
-            return
+            # another thread is ending the process (e.g. the driver said stop while
+            # map_fun raised): wait for its os._exit here, so this thread cannot run
+            # on, or end the interpreter before that thread has cleaned up
+            threading.Event().wait()
         log.info("node %s stops: %s", self.cfg.worker_num, reason)
         try:
             if self.feed is not None:
