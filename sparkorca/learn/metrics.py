@@ -73,6 +73,13 @@ def _ratio(num, den) -> float:
     return float(num) / den if den else float("nan")
 
 
+class _Fraction(Metric):
+    """A share of correct predictions: ``correct / total`` over every batch."""
+
+    def compute(self):
+        return _ratio(self._state.get("correct", 0), self._state.get("total", 0))
+
+
 def _labels(pred: np.ndarray, target: np.ndarray):
     """Orca's Accuracy: class scores -> argmax; probabilities of one class -> >= 0.5."""
     if pred.ndim == target.ndim + 1:
@@ -82,7 +89,7 @@ def _labels(pred: np.ndarray, target: np.ndarray):
     return pred.reshape(target.shape), target
 
 
-class Accuracy(Metric):
+class Accuracy(_Fraction):
     """Correct / all. Scores of several classes are argmax-ed; one probability is
     read as class 1 when >= 0.5 (Orca's rule)."""
 
@@ -96,30 +103,24 @@ class Accuracy(Metric):
         p, t = _labels(pred, target)
         self._add(correct=np.sum(p == t), total=t.size)
 
-    def compute(self):
-        return _ratio(self._state.get("correct", 0), self._state.get("total", 0))
 
 
-class SparseCategoricalAccuracy(Metric):
+class SparseCategoricalAccuracy(_Fraction):
     def update(self, pred, target):
         if target.ndim == pred.ndim:
             target = target.reshape(target.shape[:-1])
         self._add(correct=np.sum(pred.argmax(axis=-1) == target), total=target.size)
 
-    def compute(self):
-        return _ratio(self._state.get("correct", 0), self._state.get("total", 0))
 
 
-class CategoricalAccuracy(Metric):
+class CategoricalAccuracy(_Fraction):
     def update(self, pred, target):
         self._add(correct=np.sum(pred.argmax(axis=-1) == target.argmax(axis=-1)),
                   total=target.shape[0])
 
-    def compute(self):
-        return _ratio(self._state.get("correct", 0), self._state.get("total", 0))
 
 
-class BinaryAccuracy(Metric):
+class BinaryAccuracy(_Fraction):
     def __init__(self, threshold: float = 0.5):
         self.threshold = threshold
         super().__init__()
@@ -128,40 +129,37 @@ class BinaryAccuracy(Metric):
         p = (pred.reshape(target.shape) > self.threshold).astype(target.dtype)
         self._add(correct=np.sum(p == target), total=target.size)
 
-    def compute(self):
-        return _ratio(self._state.get("correct", 0), self._state.get("total", 0))
 
 
-class Top5Accuracy(Metric):
+class Top5Accuracy(_Fraction):
     def update(self, pred, target):
         top = np.argsort(-pred, axis=-1)[..., :5]
         t = target.reshape(-1, 1)
         self._add(correct=np.sum(np.any(top.reshape(len(t), -1) == t, axis=1)), total=len(t))
 
+
+
+class _MeanError(Metric):
+    """The mean of ``error(pred - target)`` over all elements."""
+
+    error: Callable = staticmethod(np.abs)
+
+    def update(self, pred, target):
+        d = pred.reshape(target.shape).astype(np.float64) - target
+        self._add(err=self.error(d).sum(), total=d.size)
+
     def compute(self):
-        return _ratio(self._state.get("correct", 0), self._state.get("total", 0))
+        return _ratio(self._state.get("err", 0), self._state.get("total", 0))
 
 
-class MAE(Metric):
+class MAE(_MeanError):
     """Mean absolute error over all elements."""
 
-    def update(self, pred, target):
-        d = pred.reshape(target.shape).astype(np.float64) - target
-        self._add(err=np.abs(d).sum(), total=d.size)
 
-    def compute(self):
-        return _ratio(self._state.get("err", 0), self._state.get("total", 0))
-
-
-class MSE(Metric):
+class MSE(_MeanError):
     """Mean squared error over all elements."""
 
-    def update(self, pred, target):
-        d = pred.reshape(target.shape).astype(np.float64) - target
-        self._add(err=np.square(d).sum(), total=d.size)
-
-    def compute(self):
-        return _ratio(self._state.get("err", 0), self._state.get("total", 0))
+    error = staticmethod(np.square)
 
 
 def _binary(pred, target, threshold=0.5):
