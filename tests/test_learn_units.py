@@ -134,3 +134,9 @@ def test_estimator_arguments_fail_before_anything_starts():
         est.fit(lambda config, batch_size: None, batch_size=0)
     with pytest.raises(InvalidArgumentError, match="data"):
         est.fit([1, 2, 3], feature_cols=["x"], label_cols=["y"])
+    with pytest.raises(InvalidArgumentError, match="reduce_results"):
+        est.fit(lambda config, batch_size: None, reduce_results=False)
+    with pytest.raises(InvalidArgumentError, match="num_steps"):
+        est.evaluate(lambda config, batch_size: None, num_steps=10)
+    with pytest.raises(TypeError, match="max_steps"):  # not silently ignored
+        est.fit(lambda config, batch_size: None, max_steps=10)

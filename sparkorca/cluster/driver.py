@@ -430,14 +430,19 @@ def run(sc, map_fun, tf_args, num_executors, num_ps=0, tensorboard=False,
     return cluster
 
 
+def task_slots(sc) -> Optional[int]:
+    """Tasks the application runs at once; None when dynamic allocation may grow it."""
+    conf = sc.getConf()
+    if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
+        return None
+    return sc.defaultParallelism // max(1, int(conf.get("spark.task.cpus", "1")))
+
+
 def _check_slots(sc, needed: int) -> None:
     """Each Spark-run node needs a task slot for as long as it runs: refuse a cluster
     larger than the application (unless dynamic allocation may grow it)."""
-    conf = sc.getConf()
-    if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
-        return
-    slots = sc.defaultParallelism // max(1, int(conf.get("spark.task.cpus", "1")))
-    if needed > slots:
+    slots = task_slots(sc)
+    if slots is not None and needed > slots:
         raise InvalidArgumentError(
             "num_executors", needed, f"at most {slots}: the Spark application has {slots} "
             "task slot(s) and every node started by Spark holds one",

@@ -169,38 +169,31 @@ def _binary(pred, target, threshold=0.5):
     return p >= threshold, target.reshape(-1) > 0.5
 
 
-class Precision(Metric):
-    """Binary precision, predictions >= 0.5 are positive."""
+class _Confusion(Metric):
+    """Binary true positives, false positives and false negatives (>= 0.5: positive)."""
 
-    def update(self, pred, target):
-        p, t = _binary(pred, target)
-        self._add(tp=np.sum(p & t), fp=np.sum(p & ~t))
-
-    def compute(self):
-        tp = self._state.get("tp", 0)
-        return _ratio(tp, tp + self._state.get("fp", 0))
-
-
-class Recall(Metric):
-    """Binary recall, predictions >= 0.5 are positive."""
-
-    def update(self, pred, target):
-        p, t = _binary(pred, target)
-        self._add(tp=np.sum(p & t), fn=np.sum(~p & t))
-
-    def compute(self):
-        tp = self._state.get("tp", 0)
-        return _ratio(tp, tp + self._state.get("fn", 0))
-
-
-class F1Score(Metric):
     def update(self, pred, target):
         p, t = _binary(pred, target)
         self._add(tp=np.sum(p & t), fp=np.sum(p & ~t), fn=np.sum(~p & t))
 
+    def _count(self, key: str) -> float:
+        return float(self._state.get(key, 0))
+
+
+class Precision(_Confusion):
     def compute(self):
-        tp = float(self._state.get("tp", 0))
-        return _ratio(2 * tp, 2 * tp + self._state.get("fp", 0) + self._state.get("fn", 0))
+        return _ratio(self._count("tp"), self._count("tp") + self._count("fp"))
+
+
+class Recall(_Confusion):
+    def compute(self):
+        return _ratio(self._count("tp"), self._count("tp") + self._count("fn"))
+
+
+class F1Score(_Confusion):
+    def compute(self):
+        tp = self._count("tp")
+        return _ratio(2 * tp, 2 * tp + self._count("fp") + self._count("fn"))
 
 
 class AUC(Metric):

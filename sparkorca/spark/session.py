@@ -176,11 +176,16 @@ def expected_executors(sc) -> Optional[int]:
     return int(instances) if instances else None
 
 
+def is_local_master(sc) -> bool:
+    """local / local[N]: the driver is the only executor (local-cluster has real ones)."""
+    return sc.master == "local" or sc.master.startswith("local[")
+
+
 def wait_for_executors(sc, need: int, timeout: float, purpose: str) -> None:
     """Block until ``need`` executors have registered, or as many as the application
     asked for if that is fewer (none on local masters)."""
     from .._wait import wait_for
-    if sc.master.startswith("local[") or sc.master == "local":
+    if is_local_master(sc):
         return
     expected = expected_executors(sc)
     need = min(need, expected) if expected else need

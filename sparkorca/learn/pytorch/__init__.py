@@ -16,11 +16,13 @@ class Estimator:
     @staticmethod
     def from_torch(*, model=None, optimizer=None, loss=None, metrics=None,
                    scheduler_creator=None, config=None, workers_per_node=1, backend="spark",
-                   model_dir=None, use_tqdm=False, sync_stats=True, log_to_driver=True,
-                   **_ignored):
+                   model_dir=None, use_tqdm=False, sync_stats=True, log_to_driver=True):
         """An Estimator that trains ``model(config)`` with ``optimizer(model, config)``
         and ``loss`` (a torch loss, or a function (config) -> loss) on the Spark
-        executors, one worker per executor x ``workers_per_node``, under DDP."""
+        executors, one worker per executor x ``workers_per_node``, under DDP.
+
+        Statistics are always reduced over all workers (``sync_stats`` is accepted
+        for Orca's programs and always in effect)."""
         if backend != "spark":
             raise InvalidArgumentError(
                 "backend", backend, "'spark'",

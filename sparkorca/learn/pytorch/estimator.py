@@ -25,6 +25,7 @@ from typing import Any, Optional
 from ... import _validate as check
 from ... import context
 from ...errors import InvalidArgumentError, NoContextError, OrcaRuntimeError
+from ...spark.session import is_local_master
 from .. import metrics as metricmod
 from ..data import (
     Columns,
@@ -105,7 +106,7 @@ class PyTorchSparkEstimator:
 
     def _num_workers(self, sc) -> int:
         from ...spark.session import expected_executors, registered_executors
-        if _local_master(sc):
+        if is_local_master(sc):
             nodes = 1
         else:
             nodes = expected_executors(sc) or registered_executors(sc) or 1
@@ -121,7 +122,7 @@ class PyTorchSparkEstimator:
     # -- fit ---------------------------------------------------------------------
     def fit(self, data, epochs=1, batch_size=32, feature_cols=None, label_cols=None,
             validation_data=None, callbacks=None, checkpoint_trigger=None, initial_epoch=0,
-            reduce_results=True, **_ignored) -> list:
+            reduce_results=True) -> list:
         """Train ``epochs`` epochs; one stats dict per epoch (Orca's keys: epoch,
         num_samples, batch_count, train_loss, last_train_loss, val_* with
         validation_data; plus seconds and samples_per_sec).
@@ -131,6 +132,7 @@ class PyTorchSparkEstimator:
         """
         epochs = check_epochs(epochs)
         batch_size = check_batch_size(batch_size)
+        _reduced_only(reduce_results)
         if callbacks:
             raise InvalidArgumentError("callbacks", callbacks, "None",
                                        hint="per-epoch stats come back from fit(); "
@@ -177,17 +179,16 @@ class PyTorchSparkEstimator:
             data_creator=data if creator else None,
             val_creator=validation_data if creator else None,
             has_val=validation_data is not None and not creator, model_dir=self.model_dir,
-            threads=max(1, _cores_per_node(sc) // self.workers_per_node),
-            sync_stats=self.sync_stats)
+            threads=max(1, _cores_per_node(sc) // self.workers_per_node))
         result = self._run_workers(sc, n, job, data, validation_data, cols)
         self._state = base64.b64decode(result["state"])
         self.epoch = first + count - 1
-        history = result["history"]
-        return history if reduce_results else [[h] for h in history]
+        return result["history"]
 
     def _check_slots(self, sc, n: int) -> None:
-        slots = sc.defaultParallelism
-        if n > slots:
+        from ...cluster.driver import task_slots
+        slots = task_slots(sc)
+        if slots is not None and n > slots:
             raise InvalidArgumentError(
                 "workers_per_node", self.workers_per_node,
                 f"at most {max(1, slots // max(1, n // self.workers_per_node))}: {n} workers "
@@ -224,11 +225,14 @@ class PyTorchSparkEstimator:
         return sc.broadcast(self._initial_state())
 
     def evaluate(self, data, batch_size=32, feature_cols=None, label_cols=None,
-                 num_steps=None, reduce_results=True, **_ignored) -> dict:
+                 num_steps=None, reduce_results=True) -> dict:
         """Loss (``val_loss``), every metric under its name, and ``num_samples``,
         computed exactly over all the data, one Spark task per partition."""
         import json
         batch_size = check_batch_size(batch_size)
+        _reduced_only(reduce_results)
+        if num_steps is not None:
+            raise InvalidArgumentError("num_steps", num_steps, "None: evaluate reads all the data")
         if is_creator(data):
             raise InvalidArgumentError("data", "a data creator", "a Spark DataFrame or "
                                        "sparkorca.data Shards (evaluate runs on Spark tasks)")
@@ -249,7 +253,7 @@ class PyTorchSparkEstimator:
         parts = [json.loads(r) for r in rows]
         return worker.Evaluation.result(self.metrics, parts, self.creators.loss is not None)
 
-    def predict(self, data, batch_size=32, feature_cols=None, output_cols=None, **_ignored):
+    def predict(self, data, batch_size=32, feature_cols=None, output_cols=None):
         """``data`` with its predictions: a DataFrame gets a ``prediction`` column
         (double for one value per row, array<float> for several), Shards a
         "prediction" entry; rows stay in order. Lazy, as Spark transformations are."""
@@ -279,8 +283,9 @@ class PyTorchSparkEstimator:
             body = functools.partial(worker.predict_partition, self.creators, blob, cols,
                                      batch_size, output)
             return data.mapInArrow(body, schema)
+        # one model per partition, as for DataFrames
         body = functools.partial(worker.predict_shards, self.creators, blob, cols, batch_size)
-        return data.transform_shard(lambda shard: next(iter(body(iter([shard])))))
+        return data._child(data.rdd.mapPartitions(body))
 
     def _prediction_type(self, df, cols: Columns):
         """The prediction column's Spark type, from the model's output for one row."""
@@ -369,14 +374,15 @@ class PyTorchSparkEstimator:
         return path
 
 
-def _local_master(sc) -> bool:
-    """local / local[N]: one executor, the driver (local-cluster has real ones)."""
-    return sc.master == "local" or sc.master.startswith("local[")
+def _reduced_only(reduce_results) -> None:
+    if reduce_results is not True:
+        raise InvalidArgumentError("reduce_results", reduce_results,
+                                   "True: statistics are computed once over all workers")
 
 
 def _cores_per_node(sc) -> int:
     conf = sc.getConf()
-    if _local_master(sc):
+    if is_local_master(sc):
         return sc.defaultParallelism
     return int(conf.get("spark.executor.cores", "1"))
 

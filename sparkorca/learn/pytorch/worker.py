@@ -68,7 +68,6 @@ class TrainJob:
     has_val: bool
     model_dir: Optional[str]
     threads: int
-    sync_stats: bool
 
 
 def state_to_bytes(state: dict) -> bytes:
