@@ -18,7 +18,7 @@ from sparkorca.learn.metrics import Accuracy
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--cluster-mode", default="local")
-parser.add_argument("--epochs", type=int, default=3)
+parser.add_argument("--epochs", type=int, default=5)
 args = parser.parse_args()
 
 if args.cluster_mode == "local":
@@ -34,6 +34,7 @@ train_df, test_df = df.randomSplit([0.8, 0.2], seed=1)
 
 
 def model_creator(config):
+    torch.manual_seed(config.get("seed", 0))
     return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
 
 

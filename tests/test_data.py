@@ -89,7 +89,7 @@ def test_to_ray_dataset_moves_partitions_on_the_executors_and_keeps_them(files):
     pd.testing.assert_frame_equal(got.astype({"id": "int64", "name": object, "score": "float64"}),
                                   frame(0, 30000))
     from pyspark.sql import SparkSession
-    spark_df = SparkSession.builder.getOrCreate().range(0, 1000, numPartitions=4)
+    spark_df = SparkSession.builder.getOrCreate().range(0, 1000, numPartitions=2)
     assert sorted(data.spark_df_to_ray_dataset(spark_df).to_pandas()["id"]) == list(range(1000))
 
 

@@ -183,6 +183,8 @@ def test_auth_refuses_clients_without_the_token(tmp_path):
     gcs = OrcaContext.get_ray_context().address_info["gcs_address"]
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     clean["HOME"] = str(tmp_path)  # no ~/.ray/auth_token to fall back on
+    # a refused client retries its GCS connection once a second, 20 times by default
+    clean["RAY_gcs_server_port_wait_time_s"] = "3"
     probe = f"""
         import ray
         try:
