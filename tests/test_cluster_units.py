@@ -1,19 +1,23 @@
 """TFCluster's pure parts: roles and environments, the row codec, the epoch store,
 the authenticated channel. No Spark here."""
 
+import getpass
 import json
+import logging
 import socket
 import threading
+import types
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from sparkorca.cluster import roles, rows
-from sparkorca.cluster.node_context import absolute_path
+from sparkorca.cluster import TFNode, roles, rows
+from sparkorca.cluster.node_config import TFNodeConfig
+from sparkorca.cluster.node_context import NodeContext, absolute_path
 from sparkorca.cluster.reservation import ReservationServer
 from sparkorca.cluster.store import DiskStore, MemoryStore
-from sparkorca.errors import InvalidArgumentError
+from sparkorca.errors import InvalidArgumentError, OrcaRuntimeError
 from sparkorca.node.channel import AuthenticationError, Channel, connect_tcp
 
 
@@ -68,11 +72,112 @@ def test_torch_env_ranks_the_chief_first_and_skips_ps():
     assert roles.num_workers(INFO) == 3
 
 
-def test_absolute_path_as_tfos_made_it():
-    assert absolute_path("hdfs://nn:8020", "/home/u", "s3://b/x") == "s3://b/x"
-    assert absolute_path("hdfs://nn:8020", "/home/u", "/data/x") == "hdfs://nn:8020/data/x"
-    assert absolute_path("file://", "/home/u", "model") == "file:///home/u/model"
-    assert absolute_path("hdfs://nn:8020", "/w", "m").startswith("hdfs://nn:8020/user/")
+USER = getpass.getuser()
+
+
+@pytest.mark.parametrize("default_fs, path, expected", [
+    # TFoS's own test_TFNode.test_hdfs_path cases (working_dir: the driver's cwd)
+    ("file://", "/foo/bar", "file:///foo/bar"),
+    ("file://", "foo/bar", "file:///home/u/job/foo/bar"),
+    ("hdfs://", "/foo/bar", "hdfs:///foo/bar"),
+    ("hdfs://", "foo/bar", f"hdfs:///user/{USER}/foo/bar"),
+    ("viewfs://", "/foo/bar", "viewfs:///foo/bar"),
+    ("viewfs://", "foo/bar", f"viewfs:///user/{USER}/foo/bar"),
+    # a namenode / nameservice
+    ("hdfs://nn:8020", "/foo/bar", "hdfs://nn:8020/foo/bar"),
+    ("hdfs://nn:8020", "foo/bar", f"hdfs://nn:8020/user/{USER}/foo/bar"),
+    ("viewfs://ns1", "foo/bar", f"viewfs://ns1/user/{USER}/foo/bar"),
+    # other schemes: the path right under defaultFS
+    ("s3a://bkt", "/foo/bar", "s3a://bkt/foo/bar"),
+    ("s3a://bkt", "foo/bar", "s3a://bkt/foo/bar"),
+    # deviations from TFoS's accidents: a trailing slash of defaultFS is dropped
+    ("hdfs://nn:8020/", "/foo/bar", "hdfs://nn:8020/foo/bar"),  # TFoS: hdfs://nn:8020//foo/bar
+    ("hdfs://nn:8020/", "foo/bar", f"hdfs://nn:8020/user/{USER}/foo/bar"),
+    ("file:///", "/foo/bar", "file:///foo/bar"),  # TFoS: file:////foo/bar
+    ("file:///", "foo/bar", "file:///home/u/job/foo/bar"),
+])
+def test_absolute_path_follows_tfos_hdfs_path(default_fs, path, expected):
+    assert absolute_path(default_fs, "/home/u/job", path) == expected
+
+
+@pytest.mark.parametrize("default_fs", ["file://", "hdfs://", "viewfs://", "hdfs://nn:8020"])
+@pytest.mark.parametrize("path", ["hdfs://foo/bar", "viewfs://foo/bar", "file://foo/bar",
+                                  "file:///tmp/x", "s3://b/x", "wasb://c@a/x",
+                                  # TFoS treated these as relative ("file:///cwd/gs://b/x")
+                                  "gs://b/x", "abfs://c@a/x", "file:/tmp/x"])
+def test_absolute_path_keeps_a_path_that_has_a_scheme(default_fs, path):
+    assert absolute_path(default_fs, "/home/u/job", path) == path
+
+
+def test_absolute_path_with_a_relative_working_dir_uses_this_process_cwd(tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)  # TFParallel's ctx has working_dir "."
+    # TFoS gave "file:////foo/bar": the relative path put under the root
+    assert absolute_path("file://", ".", "foo/bar") == f"file://{tmp_path}/foo/bar"
+    assert absolute_path("file://", "/", "foo/bar") == "file:///foo/bar"
+    assert absolute_path("file://", "/home/u/job/", "m") == "file:///home/u/job/m"
+
+
+def test_hdfs_path_reads_defaultfs_and_working_dir_of_any_ctx(caplog):
+    ctx = types.SimpleNamespace(defaultFS="hdfs://", working_dir="/home/u/job")
+    assert TFNode.hdfs_path(ctx, "foo/bar") == f"hdfs:///user/{USER}/foo/bar"
+    assert "Unknown scheme" not in caplog.text
+    ctx.defaultFS = "s3a://bkt"
+    assert TFNode.hdfs_path(ctx, "foo/bar") == "s3a://bkt/foo/bar"
+    assert "Unknown scheme s3a://bkt with relative path: foo/bar" in caplog.text
+
+
+def node_context(**cfg):
+    config = TFNodeConfig(cluster_id="c1", executor_id="3", host="10.0.0.2", worker_num=2,
+                          job_name="worker", task_index=1, default_fs="hdfs://nn:8020",
+                          working_dir="/home/u/job", **cfg)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return NodeContext(config, sock.getsockname()[1], INFO, None, sock), sock
+
+
+def test_node_context_has_tfos_attributes_and_methods():
+    ctx, sock = node_context()
+    try:
+        assert (ctx.executor_id, ctx.worker_num) == (2, 2)  # TFoS: both the node's number
+        assert (ctx.job_name, ctx.task_index) == ("worker", 1)
+        assert ctx.spark_executor_id == "3"
+        assert ctx.cluster_spec == roles.cluster_spec(INFO) and ctx.num_workers == 3
+        assert (ctx.defaultFS, ctx.working_dir, ctx.mgr) == ("hdfs://nn:8020", "/home/u/job", None)
+        assert ctx.absolute_path("/x") == "hdfs://nn:8020/x"
+        for name in ("get_data_feed", "release_port", "export_saved_model",
+                     "start_cluster_server"):
+            assert callable(getattr(ctx, name))
+        with pytest.raises(OrcaRuntimeError, match="InputMode.TENSORFLOW"):
+            ctx.get_data_feed()  # no feed: says why, not an AttributeError on None
+    finally:
+        sock.close()
+
+
+def test_release_port_closes_the_socket_once_then_warns(caplog):
+    ctx, sock = node_context()
+    assert ctx.tmp_socket is sock and sock.fileno() >= 0
+    ctx.release_port()
+    assert ctx.tmp_socket is None and sock.fileno() == -1
+    with caplog.at_level(logging.WARNING, logger="sparkorca.cluster.node_context"):
+        ctx.release_port()
+    assert "release_port() invoked with no bound socket." in caplog.text
+
+
+def test_tf1_helpers_raise_saying_what_replaces_them():
+    ctx, sock = node_context()
+    sock.close()
+    for call in (lambda: ctx.start_cluster_server(), lambda: TFNode.start_cluster_server(ctx)):
+        with pytest.raises(OrcaRuntimeError, match="TF_CONFIG.*tf.distribute"):
+            call()
+    for call in (lambda: ctx.export_saved_model(None, "/m", "serve", {}),
+                 lambda: TFNode.export_saved_model(None, "/m", "serve", {})):
+        with pytest.raises(OrcaRuntimeError, match="compat.export_saved_model.*model.export"):
+            call()
+    for name, args in [("next_batch", (None, 10)), ("batch_results", (None, [1])),
+                       ("terminate", (None,))]:
+        with pytest.raises(OrcaRuntimeError, match=f"TFNode.{name}.*use TFNode.DataFeed"):
+            getattr(TFNode, name)(*args)
 
 
 def _roundtrip(data):

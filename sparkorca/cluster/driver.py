@@ -320,11 +320,13 @@ class TFCluster:
             if self.input_mode == InputMode.SPARK:
                 self.server.send(fed, {"type": "end"})
             workers = [self.server.node(k) for k in fed]
+            # a failed node stays up until stopped (its feeders get its traceback):
+            # its peers may wait on it in a collective, so stop waiting at once
             why = self.server.wait(lambda: all(n.state in FINAL for n in workers),
-                                   None if timeout == -1 else timeout)
+                                   None if timeout == -1 else timeout, self._nodes_failed)
             if why == "timeout":
                 timed_out = [n.describe() for n in workers if n.state not in FINAL]
-            elif grace_secs:
+            elif why is None and grace_secs:
                 held = [self.server.node(k) for k in self._held_nums()]
                 self.server.wait(lambda: all(n.state in FINAL for n in held), grace_secs)
         finally:

@@ -121,6 +121,7 @@ class FeedHub:
         self._lock = threading.Lock()
         self._stores: Dict[str, Union[MemoryStore, DiskStore]] = {}
         self.finished = threading.Event()  # map_fun returned: refuse further data
+        self.failure: Optional[str] = None  # map_fun's traceback, once it raised
         self.socket_path = os.path.join(node_dir, "feed.sock")
         self._server: Optional[socket.socket] = None
         self.on_replayed = None  # set by the node: tells the driver a replay ended
@@ -176,8 +177,8 @@ class FeedHub:
     def _serve_feeder(self, channel: Channel) -> None:
         header = channel.recv()
         q = self.queue(header["qname"])
-        if self.finished.is_set():
-            channel.send({"type": "finished"})
+        if self.finished.is_set() or self.failure is not None:
+            channel.send(self._or_failed({"type": "finished"}))
             return
         if q.terminated.is_set() or q.ended.is_set():
             channel.send({"type": "terminated"})
@@ -201,7 +202,7 @@ class FeedHub:
             channel.send({"type": "consumed", "rows": conn.rows_in})
             return
         if q.terminated.is_set():
-            channel.send({"type": "terminated", "rows": conn.rows_in})
+            channel.send(self._or_failed({"type": "terminated", "rows": conn.rows_in}))
             return
         conn.input_done = True
         q.put(("end_partition", conn))
@@ -209,14 +210,29 @@ class FeedHub:
             conn._check_finished()
             while not conn.finished.wait(_POLL):
                 if q.terminated.is_set() or self.finished.is_set():
-                    channel.send({"type": "terminated"})
+                    channel.send(self._or_failed({"type": "terminated"}))
                     return
             channel.send({"type": "done", "rows": conn.rows_in})
             return
         while not conn.consumed.wait(_POLL):
-            if self.finished.is_set():
+            if self.finished.is_set() or self.failure is not None:
                 break
-        channel.send({"type": "consumed", "rows": conn.rows_in})
+        channel.send(self._or_failed({"type": "consumed", "rows": conn.rows_in}))
+
+    def fail(self, traceback_text: str) -> None:
+        """map_fun raised: queued data is dropped, and every feeder, connected now or
+        later, is told why (the traceback), so the Spark task that fails says it."""
+        self.failure = traceback_text  # first: a feeder that sees a queue end reads it
+        with self._lock:  # a queue made after this looks at ``failure`` once made
+            names = set(self.queue_names) | set(self._queues)
+        for name in names:
+            self.queue(name).terminate()
+
+    def _or_failed(self, reply: dict) -> dict:
+        """``reply``, or once map_fun has raised, its traceback instead."""
+        if self.failure is None:
+            return reply
+        return {"type": "failed", "node": self.describe, "traceback": self.failure}
 
     # -- epochs beyond the first -------------------------------------------
     def _store_for(self, header: dict):

@@ -54,7 +54,11 @@ class _Feed:
         self.ch.send({"qname": cfg["qname"], "mode": mode, "feed_id": cfg["feed_id"],
                       "epochs": cfg["epochs"], "partition": partition,
                       "store_only": cfg.get("store_only", False)})
-        self.accepted = self.ch.recv()["type"] == "accepted"
+        try:
+            self.accepted = self.checked(self.ch.recv())["type"] == "accepted"
+        except BaseException:
+            self.ch.close()
+            raise
         self.ch.settimeout(self.timeout)
 
     def send_batches(self, batches: Iterable[pa.RecordBatch]) -> None:
@@ -75,6 +79,12 @@ class _Feed:
             f"{self.what} timed out: its consumer took no data for feed_timeout="
             f"{self.timeout:g}s. Is map_fun still calling DataFeed.next_batch()? (call "
             "DataFeed.terminate() to stop a feed early)")
+
+    def checked(self, reply: dict) -> dict:
+        """The node's ``reply``; raises map_fun's traceback if that is what it says."""
+        if reply.get("type") == "failed":
+            raise OrcaRuntimeError(f"{self.what}: its map_fun failed:\n{reply.get('traceback')}")
+        return reply
 
     def broken(self, e: BaseException) -> OrcaRuntimeError:
         return OrcaRuntimeError(f"{self.what}: the node closed the connection ({e}); its "
@@ -104,11 +114,11 @@ def train_partition(cfg: dict, partition: int, batches: Iterator[pa.RecordBatch]
             return 0
         try:
             feed.send_batches(_chain(first, batches))
-            reply = feed.ch.recv()
+            reply = feed.checked(feed.ch.recv())
         except socket.timeout:
             raise feed.timed_out() from None
         except (BrokenPipeError, ConnectionResetError) as e:
-            reply = _reply_after_break(feed, e)
+            reply = feed.checked(_reply_after_break(feed, e))
         except ConnectionError as e:
             raise feed.broken(e) from None
         return int(reply.get("rows", 0))
@@ -148,6 +158,7 @@ def inference_partition(cfg: dict, partition: int,
             elif msg["type"] == "done":
                 break
             else:
+                feed.checked(msg)
                 raise OrcaRuntimeError(f"{feed.what}: the node stopped answering ({msg['type']})")
         sender.join()
         if sent and not isinstance(sent[0], (BrokenPipeError, ConnectionResetError)):

@@ -12,7 +12,8 @@ It stops, killing what it started and removing its temp dir, when: its owner
 exits (the executor JVM, or the driver); its launching task ends before
 detaching; the driver says stop or goes away; SIGTERM; or map_fun ends (at once
 in InputMode.TENSORFLOW and for ps/evaluator nodes; at shutdown for fed nodes,
-which keep answering feeders that they are finished until then).
+which keep answering feeders that they are finished, or map_fun's traceback,
+until then).
 """
 
 from __future__ import annotations
@@ -200,6 +201,12 @@ class Node:
             tb = traceback.format_exc()
             sys.stderr.write(tb)
             control.report(self.control, {"type": "error", "traceback": tb})
+            if self.feed is not None:
+                # a fed node stays until shutdown, as after a return, so that the Spark
+                # tasks feeding it (an inference() action has no driver watching) fail
+                # with this traceback rather than "the node is not running"
+                self.feed.fail(tb)
+                self._watcher.join()  # it ends the process on stop, shutdown or owner exit
             self.exit(1, "map_fun raised")
         control.report(self.control, {"type": "done", "result": _json_or_none(result)})
         if self.feed is None:
