@@ -1,7 +1,7 @@
 """TFCluster: TensorFlowOnSpark's API for distributed TensorFlow and PyTorch on
 Spark. Port a TFoS program by changing its imports::
 
-    from sparkorca.cluster import TFCluster, TFNode
+    from sparkorca.cluster import TFCluster, TFNode, TFParallel, pipeline, dfutil, compat
 
 The driver-side modules load on first use: the node processes on the executors
 import parts of this package and must not pull in the driver.
@@ -11,9 +11,11 @@ import importlib
 
 from .roles import InputMode
 
-_LAZY = {"TFCluster": ".TFCluster", "TFNode": ".TFNode"}
+_LAZY = {"TFCluster": ".TFCluster", "TFNode": ".TFNode", "TFParallel": ".TFParallel",
+         "pipeline": ".pipeline", "dfutil": ".dfutil", "compat": ".compat"}
 
-__all__ = ["TFCluster", "TFNode", "InputMode", "run"]
+__all__ = ["TFCluster", "TFNode", "TFParallel", "pipeline", "dfutil", "compat", "InputMode",
+           "run"]
 
 
 def __getattr__(name: str):
