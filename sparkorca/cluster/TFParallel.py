@@ -76,6 +76,7 @@ def run(sc, map_fun, tf_args, num_executors, use_barrier=True) -> None:
 
     from .. import _validate as check
     from ..node.job import SparkJob
+    from .driver import default_fs
 
     num_executors = check.integer("num_executors", num_executors)
     check.boolean("use_barrier", use_barrier)
@@ -90,11 +91,9 @@ def run(sc, map_fun, tf_args, num_executors, use_barrier=True) -> None:
                                    f"({type(e).__name__}: {e})") from e
     if use_barrier:
         _check_slots(sc, num_executors)
-    fs = sc._jsc.hadoopConfiguration().get("fs.defaultFS") or "file:///"
-    default_fs = fs[:-1] if fs.startswith("file://") and fs.endswith("/") else fs
     # the driver's cwd, as TFCluster's ctx has it: TFoS's '.' made relative paths
     # useless ("file:////rel") and each executor's cwd is a different directory
-    body = _PartitionBody(payload, num_executors, default_fs, os.getcwd(), num_gpus,
+    body = _PartitionBody(payload, num_executors, default_fs(sc), os.getcwd(), num_gpus,
                           use_barrier)
     nodes = sc.parallelize(range(num_executors), num_executors)
     rdd = nodes.barrier() if use_barrier else nodes

@@ -101,8 +101,7 @@ class TFCluster:
         self.input_mode = plan.input_mode
         self.queues = plan.queues
         self.cluster_id = secrets.token_hex(4)
-        fs = sc._jsc.hadoopConfiguration().get("fs.defaultFS") or "file:///"
-        self.defaultFS = fs[:-1] if fs.startswith("file://") and fs.endswith("/") else fs
+        self.defaultFS = default_fs(sc)
         self.working_dir = os.getcwd()
         self.server = ReservationServer(sc.getConf().get("spark.driver.host"),
                                         secrets.token_bytes(32), plan.roles)
@@ -359,6 +358,13 @@ class TFCluster:
             if node.get("tb_port"):
                 return f"http://{node['host']}:{node['tb_port']}{node['tb_path']}/"
         return None
+
+
+def default_fs(sc) -> str:
+    """The application's ``fs.defaultFS`` as TFoS gave it to ctx ("file://", not
+    "file:///")."""
+    fs = sc._jsc.hadoopConfiguration().get("fs.defaultFS") or "file:///"
+    return fs[:-1] if fs.startswith("file://") and fs.endswith("/") else fs
 
 
 def _train_action(data, cfg):
