@@ -71,6 +71,8 @@ def no_leaks(request):
     what it started itself (TFClusters, node processes, temp dirs) must still go.
     """
     shared = "shared_sc" in request.fixturenames
+    if not shared:
+        stop_orca_context()  # one kept up for a module that shares the same one
     before_procs, before_temps = engine_processes(), temp_entries()
     yield
     if not shared:
@@ -90,15 +92,38 @@ def no_leaks(request):
         pytest.fail(f"test left behind processes {procs} and temp entries {sorted(temps)}")
 
 
+_kept: dict = {}  # the arguments of the shared context that is up, if one is
+
+
 def shared_context(**kwargs):
-    """A module-scoped context fixture: one Spark application for a module's tests,
-    stopped (and checked by the next test's leak check) when the module ends."""
+    """A module-scoped context fixture: one Spark application for a module's tests.
+
+    It stays up for the next module that asks for the same arguments (the
+    TensorFlow modules share one, and its Python workers keep TF imported); a test
+    that does not share it, another module's arguments or the session's end stop it
+    (checked by the next test's leak check)."""
     @pytest.fixture(scope="module")
     def shared_sc():
-        sc = init_orca_context(**kwargs)
-        yield sc
+        if _kept.get("kwargs") == kwargs and _running():
+            yield OrcaContext.get_spark_context()
+            return
         stop_orca_context()
+        _kept["kwargs"] = kwargs
+        yield init_orca_context(**kwargs)
     return shared_sc
+
+
+def _running() -> bool:
+    try:
+        return OrcaContext.get_spark_context()._jsc is not None
+    except Exception:  # no context, or a Ray-only one
+        return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_the_kept_context():
+    yield
+    stop_orca_context()
 
 
 @pytest.fixture(scope="session")

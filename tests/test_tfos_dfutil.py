@@ -26,9 +26,9 @@ from sparkorca.errors import InvalidArgumentError, MissingPathError, OrcaRuntime
 
 pytestmark = pytest.mark.engine
 
-# No task retries: the failures provoked here are deterministic (retrying costs seconds).
+# The TFCluster/TFoS modules' one context (conftest keeps it up between them).
 shared_sc = shared_context(cluster_mode="local-cluster", num_nodes=2, cores=1, memory="1g",
-                           conf={**QUIET, "spark.task.maxFailures": "1"})
+                           conf=QUIET)
 
 # Every type TFoS round-trips. The arrays of the first row have several elements (the
 # schema comes from the first record); later rows have one-element arrays.
