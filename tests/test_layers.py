@@ -8,11 +8,12 @@ import sys
 # Spark-task bodies that launch them, and the feeder.
 EXECUTOR_SIDE = ("sparkorca.ray.node_runner", "sparkorca.ray.raylet_task",
                  "sparkorca.cluster.node", "sparkorca.cluster.node_task",
-                 "sparkorca.cluster.feeder")
+                 "sparkorca.cluster.feeder", "sparkorca.cluster.TFParallel",
+                 "sparkorca.cluster.tfmodel_worker")
 DRIVER_SIDE = ("sparkorca.context", "sparkorca.config", "sparkorca.plan",
                "sparkorca.cluster.driver", "sparkorca.ray.cluster", "sparkorca.node.hub",
                "sparkorca.node.job", "sparkorca.spark.session", "sparkorca.spark.conf",
-               "pyspark.sql", "ray", "tensorflow", "torch")
+               "pyspark.sql", "pyspark.ml", "ray", "tensorflow", "torch")
 
 
 def test_executor_side_entry_points_import_nothing_of_the_driver_side():

@@ -12,17 +12,19 @@ from sparkorca.cluster import InputMode
 from sparkorca.cluster.pipeline import (
     HasBatchSize,
     HasSteps,
-    InferencePlan,
-    InputSpec,
     Namespace,
-    OutputSpec,
     TFEstimator,
     TFModel,
     TFParams,
     TFTypeConverters,
+    yield_batch,
+)
+from sparkorca.cluster.tfmodel_worker import (
+    InferencePlan,
+    InputSpec,
+    OutputSpec,
     _numpy_batches,
     _to_arrow,
-    yield_batch,
 )
 from sparkorca.errors import InvalidArgumentError
 
@@ -225,7 +227,7 @@ SIG = {"serving_default": ({"features": (1, (-1, 64))},
 
 
 def test_signatures_are_read_from_saved_model_pb_without_tensorflow(tmp_path):
-    from sparkorca.cluster.pipeline import _output_kind, read_signature
+    from sparkorca.cluster.saved_model import _output_kind, read_signature
     path = _saved_model(tmp_path / "m", {("serve",): SIG, ("gpu", "serve"): SIG})
     sig = read_signature(path, "serve", None)  # None: 'serving_default'
     assert sig.tags == ("serve",) and sig.signature_def_key == "serving_default"
@@ -256,7 +258,7 @@ def test_the_driver_reads_a_signature_without_importing_tensorflow(tmp_path):
     import subprocess
     import sys
     path = _saved_model(tmp_path / "m", {("serve",): SIG})
-    code = ("import sys; from sparkorca.cluster.pipeline import read_signature; "
+    code = ("import sys; from sparkorca.cluster.saved_model import read_signature; "
             f"read_signature({path!r}, None, None); print(sorted(m for m in sys.modules "
             "if m.split('.')[0] in ('tensorflow', 'keras')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -266,7 +268,7 @@ def test_the_driver_reads_a_signature_without_importing_tensorflow(tmp_path):
 
 
 def test_a_new_export_to_the_same_dir_gets_a_new_cache_key(tmp_path):
-    from sparkorca.cluster.pipeline import read_signature
+    from sparkorca.cluster.saved_model import read_signature
     path = _saved_model(tmp_path / "m", {("serve",): SIG})
     (tmp_path / "m" / "variables").mkdir()
     (tmp_path / "m" / "variables" / "variables.index").write_bytes(b"weights 1")
