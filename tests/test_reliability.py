@@ -118,10 +118,10 @@ def _assert_no_growth(rows, ray_cycles):
     assert max(secs for secs, _ in rows) <= 2 * first, [round(s, 1) for s, _ in rows]
 
 
-def test_eight_ray_on_spark_contexts_in_one_process_do_not_grow():
+def test_twelve_ray_on_spark_contexts_in_one_process_do_not_grow():
     import ray
     rows, baseline, py_threads = [], _children(), threading.active_count()
-    for _ in range(8):
+    for _ in range(12):
         start = time.monotonic()
         sc = init_orca_context(cluster_mode="local", cores=1, memory="1g",
                                init_ray_on_spark=True, conf=QUIET)
@@ -145,7 +145,7 @@ def count_main(out, ctx):
         f.write(str(seen))
 
 
-def test_eight_tfclusters_in_one_context_do_not_grow(tmp_path):
+def test_ten_tfclusters_in_one_context_do_not_grow(tmp_path):
     from pyspark import cloudpickle
 
     from sparkorca.cluster import TFCluster
@@ -156,7 +156,7 @@ def test_eight_tfclusters_in_one_context_do_not_grow(tmp_path):
     data.count()  # Spark's Python workers start now, not during the first cycle
     rows = []
     context_processes = _children()  # the context's JVMs and Python workers stay
-    for i in range(8):
+    for i in range(10):
         out = tmp_path / str(i)
         out.mkdir()
         start = time.monotonic()
