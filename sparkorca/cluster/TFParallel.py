@@ -21,8 +21,6 @@ from typing import Any, Dict, List
 from ..errors import InvalidArgumentError, OrcaRuntimeError
 from .node_context import absolute_path
 
-EXECUTOR_WAIT = 120.0
-
 
 @dataclasses.dataclass
 class ParallelContext:
@@ -133,16 +131,14 @@ def _check_slots(sc, needed: int) -> None:
     """Spark would retry a barrier stage larger than the application for minutes
     (spark.scheduler.barrier.maxConcurrentTasksCheck.*) before failing it."""
     from ..spark.session import wait_for_executors
-    from .driver import task_slots
-    wait_for_executors(sc, needed, EXECUTOR_WAIT, f"running TFParallel on {needed} task(s)")
-    slots = task_slots(sc)
-    if slots is not None and needed > slots:
-        raise InvalidArgumentError(
-            "num_executors", needed,
-            f"at most {slots} with use_barrier=True: the Spark application has {slots} task "
-            "slot(s) and a barrier stage needs one for each of its tasks at once",
-            hint="Start the context with more executors or cores, lower num_executors, or "
-                 "pass use_barrier=False to run the copies in waves")
+    from . import driver
+    wait_for_executors(sc, needed, driver.EXECUTOR_WAIT,
+                       f"running TFParallel on {needed} task(s)")
+    driver._check_slots(sc, needed, why="a barrier stage (use_barrier=True) needs one for "
+                        "each of its tasks at once",
+                        hint="start the context with more executors or cores, lower "
+                             "num_executors, or pass use_barrier=False to run the copies "
+                             "in waves")
 
 
 class _PartitionBody:

@@ -234,8 +234,10 @@ class TFCluster:
             job.cancel()
             self._check_nodes()
         job.join()
+        # a node's own failure explains a failed feed best, and a feed that ended
+        # while a node failed (a reply raced its failure) did not succeed
+        self._check_nodes()
         if job.error is not None:
-            self._check_nodes()  # a node's own failure explains a failed feed best
             raise OrcaRuntimeError(f"TFCluster {job.failure()}") from None
         return job.result
 
@@ -285,9 +287,9 @@ class TFCluster:
                                "epochs": epochs, "feed_timeout": cfg["feed_timeout"],
                                "marks": marks})
         links = [self.server.node(k) for k in fed]
-        if self.server.wait(lambda: all(feed_id in n.replies or n.state != NodeState.RUNNING
-                                        for n in links), None, self._nodes_failed):
-            self._check_nodes()
+        self.server.wait(lambda: all(feed_id in n.replies or n.state != NodeState.RUNNING
+                                     for n in links), None, self._nodes_failed)
+        self._check_nodes()  # a node that failed counts as finished in the wait
         errors = [n.replies[feed_id]["error"] for n in links
                   if feed_id in n.replies and n.replies[feed_id]["error"]]
         if errors:
@@ -319,10 +321,12 @@ class TFCluster:
             if self.input_mode == InputMode.SPARK:
                 self.server.send(fed, {"type": "end"})
             workers = [self.server.node(k) for k in fed]
-            # a failed node stays up until stopped (its feeders get its traceback):
-            # its peers may wait on it in a collective, so stop waiting at once
+            # a fed worker that failed stays up until stopped (its feeders get its
+            # traceback): its peers may wait on it in a collective, so stop waiting
+            def worker_failed():
+                return "nodes" if any(n.state == NodeState.ERROR for n in workers) else None
             why = self.server.wait(lambda: all(n.state in FINAL for n in workers),
-                                   None if timeout == -1 else timeout, self._nodes_failed)
+                                   None if timeout == -1 else timeout, worker_failed)
             if why == "timeout":
                 timed_out = [n.describe() for n in workers if n.state not in FINAL]
             elif why is None and grace_secs:
@@ -446,15 +450,16 @@ def task_slots(sc) -> Optional[int]:
     return sc.defaultParallelism // max(1, int(conf.get("spark.task.cpus", "1")))
 
 
-def _check_slots(sc, needed: int) -> None:
+def _check_slots(sc, needed: int, why: str = "every node started by Spark holds one",
+                 hint: str = "start the context with more executors or cores, or use "
+                             "driver_ps_nodes") -> None:
     """Each Spark-run node needs a task slot for as long as it runs: refuse a cluster
     larger than the application (unless dynamic allocation may grow it)."""
     slots = task_slots(sc)
     if slots is not None and needed > slots:
         raise InvalidArgumentError(
             "num_executors", needed, f"at most {slots}: the Spark application has {slots} "
-            "task slot(s) and every node started by Spark holds one",
-            hint="start the context with more executors or cores, or use driver_ps_nodes")
+            f"task slot(s) and {why}", hint=hint)
 
 
 def role_dict(role: NodeRole) -> dict:

@@ -181,7 +181,7 @@ class FeedHub:
             channel.send(self._or_failed({"type": "finished"}))
             return
         if q.terminated.is_set() or q.ended.is_set():
-            channel.send({"type": "terminated"})
+            channel.send(self._or_failed({"type": "terminated"}))  # fail() may have ended it
             return
         conn = FeedConn(channel, header["mode"], f"partition {header.get('partition')}")
         store_only = bool(header.get("store_only"))  # replayed later, epoch 1 included
@@ -199,7 +199,7 @@ class FeedHub:
                     if not store_only and not q.put(("batch", conn, batch)):
                         break
         if store_only:
-            channel.send({"type": "consumed", "rows": conn.rows_in})
+            channel.send(self._or_failed({"type": "consumed", "rows": conn.rows_in}))
             return
         if q.terminated.is_set():
             channel.send(self._or_failed({"type": "terminated", "rows": conn.rows_in}))

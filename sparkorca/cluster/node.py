@@ -198,16 +198,18 @@ class Node:
         try:
             result = self.map_fun(self.tf_args, ctx)
         except BaseException:
-            tb = traceback.format_exc()
-            sys.stderr.write(tb)
-            control.report(self.control, {"type": "error", "traceback": tb})
-            if self.feed is not None:
-                # a fed node stays until shutdown, as after a return, so that the Spark
-                # tasks feeding it (an inference() action has no driver watching) fail
-                # with this traceback rather than "the node is not running"
-                self.feed.fail(tb)
-                self._watcher.join()  # it ends the process on stop, shutdown or owner exit
-            self.exit(1, "map_fun raised")
+            try:
+                tb = traceback.format_exc()
+                sys.stderr.write(tb)
+                control.report(self.control, {"type": "error", "traceback": tb})
+                if self.feed is not None:
+                    # a fed node stays until shutdown, as after a return, so that the
+                    # Spark tasks feeding it (an inference() action has no driver
+                    # watching) fail with this traceback, not "the node is not running"
+                    self.feed.fail(tb)
+                    self._watcher.join()  # it ends the process on stop or owner exit
+            finally:
+                self.exit(1, "map_fun raised")
         control.report(self.control, {"type": "done", "result": _json_or_none(result)})
         if self.feed is None:
             self.exit(0, "map_fun returned")

@@ -51,8 +51,8 @@ def absolute_path(default_fs: str, working_dir: str, path: str) -> str:
         return fs + path
     if fs.startswith(("hdfs://", "viewfs://")):
         return f"{fs}/user/{getpass.getuser()}/{path}"
-    if fs.startswith("file://"):
-        return f"{fs}{os.path.abspath(working_dir).rstrip('/')}/{path}"
+    if fs.startswith("file:"):  # "file://", and Hadoop's "file:/"
+        return f"file://{os.path.abspath(working_dir).rstrip('/')}/{path}"
     log.warning("Unknown scheme %s with relative path: %s", default_fs, path)
     return f"{fs}/{path}"
 

@@ -401,7 +401,7 @@ class TFEstimator(Estimator, TFParams, HasInputMapping, HasClusterSize, HasNumPS
         local_args = self.merge_args_params()
         mode = self.getInputMode()
         mapping = self.getInputMapping()
-        input_cols = sorted(mapping)
+        input_cols = sorted(mapping or {})
         epochs = check.integer("epochs", self.getEpochs())
         grace_secs = check.integer("grace_secs", self.getGraceSecs(), minimum=0)
         cluster_size = check.integer("cluster_size", self.getClusterSize())

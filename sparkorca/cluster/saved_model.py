@@ -50,10 +50,15 @@ def read_signature(export_dir: Optional[str], tag_set: Optional[str],
     index = _read(_join(export_dir, "variables", "variables.index"))
     digest.update(index or b"")  # a checksum of every variable: new weights, new key
     graphs: Dict[Tuple[str, ...], dict] = {}
-    for num, meta in _fields(raw):
-        if num == 2:  # SavedModel.meta_graphs
-            graph = _meta_graph(meta)
-            graphs[graph[0]] = graph[1]
+    try:
+        for num, meta in _fields(raw):
+            if num == 2:  # SavedModel.meta_graphs
+                graph = _meta_graph(meta)
+                graphs[graph[0]] = graph[1]
+    except (IndexError, ValueError, UnicodeDecodeError) as e:  # cut short or not a SavedModel
+        raise InvalidArgumentError(
+            "export_dir", export_dir, "a directory holding a SavedModel",
+            hint=f"its saved_model.pb could not be read ({type(e).__name__}: {e})") from None
     available = [",".join(t) for t in graphs]
     if tag_set is None:
         if len(graphs) != 1:

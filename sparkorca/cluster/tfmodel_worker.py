@@ -205,8 +205,9 @@ def _to_arrow(value: np.ndarray, out: OutputSpec) -> pa.Array:
     else:
         flat = pa.array(np.ascontiguousarray(value, dtype=_NUMPY[out.element]).reshape(-1),
                         type=_ARROW[out.element])
-    for size in reversed(value.shape[1:]):  # innermost first: one list level per dimension
-        count = len(flat) // size if size else 0
+    for level in range(value.ndim - 1, 0, -1):  # innermost first: a list level per dimension
+        size = value.shape[level]
+        count = int(np.prod(value.shape[:level]))  # lists at this level (size may be 0)
         offsets = pa.array(np.arange(count + 1, dtype=np.int32) * size)
         flat = pa.ListArray.from_arrays(offsets, flat)
     return flat
