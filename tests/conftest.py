@@ -150,3 +150,29 @@ def small_env_archive(tmp_path_factory):
     site = next(prefix.glob("lib/python*/site-packages"))
     (site / f"{MARKER_MODULE}.py").write_text("WHERE = 'inside the shipped archive'\n")
     return pack_environment(str(prefix), output=str(root / "small-env.tar.gz"))
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def spark_submit_example(name, cwd, master, *args):
+    """``examples/name`` launched by spark-submit on ``master`` as TFoS programs run (a
+    plain SparkContext), in ``cwd`` with HOME there; the finished process.
+
+    A plain SparkContext on local-cluster leaves its executors' work dir in the Spark
+    install (Spark's behaviour; init_orca_context removes it): not ours to keep."""
+    import shutil
+
+    from sparkorca.spark.java import spark_home, spark_submit
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, HOME=str(cwd))
+    work = os.path.join(spark_home(), "work")
+    before = set(os.listdir(work)) if os.path.isdir(work) else set()
+    try:
+        return subprocess.run(
+            [spark_submit(), "--master", master, "--conf", "spark.ui.enabled=false",
+             "--conf", "spark.ui.showConsoleProgress=false",
+             os.path.join(ROOT, "examples", name), *map(str, args)],
+            capture_output=True, text=True, timeout=600, env=env, cwd=cwd)
+    finally:
+        for entry in set(os.listdir(work)) - before if os.path.isdir(work) else ():
+            shutil.rmtree(os.path.join(work, entry), ignore_errors=True)

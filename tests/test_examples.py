@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import spark_submit_example
 
 pytestmark = pytest.mark.engine
 
@@ -34,22 +35,8 @@ def test_ray_tune_grid_search(tmp_path):
 def test_tfos_style_program_runs_with_imports_changed_only(tmp_path):
     """A TensorFlowOnSpark program (DataFeed loop with next_batch, should_stop,
     terminate and batch_results), launched by spark-submit on a plain SparkContext."""
-    import shutil
-
-    from sparkorca.spark.java import spark_home, spark_submit
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, HOME=str(tmp_path))
-    work = os.path.join(spark_home(), "work")
-    before = set(os.listdir(work)) if os.path.isdir(work) else set()
-    out = subprocess.run(
-        [spark_submit(), "--master", "local-cluster[2,1,1024]", "--conf", "spark.ui.enabled=false",
-         "--conf", "spark.ui.showConsoleProgress=false",
-         os.path.join(ROOT, "examples", "tfos_linear_regression.py"),
-         "--model_dir", str(tmp_path / "model"), "--epochs", "3"],
-        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
-    # A plain SparkContext on local-cluster leaves its executors' work dir in the Spark
-    # install (Spark's behaviour; init_orca_context removes it): not ours to keep.
-    for name in set(os.listdir(work)) - before if os.path.isdir(work) else ():
-        shutil.rmtree(os.path.join(work, name), ignore_errors=True)
+    out = spark_submit_example("tfos_linear_regression.py", tmp_path, "local-cluster[2,1,1024]",
+                               "--model_dir", tmp_path / "model", "--epochs", "3")
     assert out.returncode == 0, out.stderr[-4000:]
     assert "predictions: 1000 for 1000 rows" in out.stdout
     error = float(out.stdout.split("max error ")[1].split()[0])

@@ -3,13 +3,12 @@ Spark (local-cluster[2,1,1024]) with real TensorFlow."""
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import psutil
 import pytest
-from conftest import QUIET, shared_context
+from conftest import QUIET, shared_context, spark_submit_example
 from pyspark import cloudpickle
 
 from sparkorca.cluster import InputMode
@@ -51,21 +50,9 @@ def example_module():
 def example(tmp_path_factory):
     """The module's one TensorFlow fit: the example program, run as TFoS programs run
     (spark-submit; local[2] keeps it cheap), leaves its Keras SavedModel behind."""
-    import shutil
-
-    from sparkorca.spark.java import spark_home, spark_submit
     tmp = tmp_path_factory.mktemp("example")
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, HOME=str(tmp))
-    work = os.path.join(spark_home(), "work")
-    before = set(os.listdir(work)) if os.path.isdir(work) else set()
-    out = subprocess.run(
-        [spark_submit(), "--master", "local[2]", "--conf", "spark.ui.enabled=false",
-         "--conf", "spark.ui.showConsoleProgress=false",
-         os.path.join(ROOT, "examples", "tfos_mnist_pipeline.py"),
-         "--cluster_size", "2", "--export_dir", str(tmp / "export")],
-        capture_output=True, text=True, timeout=600, env=env, cwd=tmp)
-    for name in set(os.listdir(work)) - before if os.path.isdir(work) else ():
-        shutil.rmtree(os.path.join(work, name), ignore_errors=True)  # Spark's, not ours
+    out = spark_submit_example("tfos_mnist_pipeline.py", tmp, "local[2]", "--cluster_size", 2,
+                               "--export_dir", tmp / "export")
     return out, str(tmp / "export")
 
 
