@@ -12,7 +12,7 @@ import dataclasses
 import os
 import re
 import warnings
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from . import _validate as check
 from .errors import InvalidArgumentError, UnknownArgumentError
@@ -174,7 +174,9 @@ class ContextSpec:
     hadoop_user_name: Optional[str] = None
     extra_executor_memory_for_ray: Optional[Memory] = None
     spark_log_level: Optional[str] = None
-    redirect_spark_log: bool = True
+    # Orca's option: True (or a file path) sends the driver's Spark log to a file and
+    # keeps only its errors on the console.
+    redirect_spark_log: Union[bool, str] = False
     # Ray options; the RayOnSpark launcher reads them.
     object_store_memory: Optional[Memory] = None
     num_ray_nodes: Optional[int] = None
@@ -206,6 +208,13 @@ KWARG_NAMES = tuple(
     if f.name not in ("cluster_mode", "runtime", "cores", "memory", "num_nodes",
                       "init_ray_on_spark"))
 SPARK_LOG_LEVELS = ("ALL", "DEBUG", "ERROR", "FATAL", "INFO", "OFF", "TRACE", "WARN")
+
+
+def _log_redirect(value) -> Union[bool, str]:
+    if isinstance(value, bool) or (isinstance(value, str) and value.strip()):
+        return value
+    raise InvalidArgumentError("redirect_spark_log", value,
+                               "True, False or the path of the log file to write")
 
 
 def build_spec(cluster_mode=None, runtime="spark", cores=None, memory="2g", num_nodes=1,
@@ -252,7 +261,7 @@ def build_spec(cluster_mode=None, runtime="spark", cores=None, memory="2g", num_
         extra_executor_memory_for_ray=_optional_memory(
             "extra_executor_memory_for_ray", get("extra_executor_memory_for_ray")),
         spark_log_level=log_level,
-        redirect_spark_log=check.boolean("redirect_spark_log", get("redirect_spark_log", True)),
+        redirect_spark_log=_log_redirect(get("redirect_spark_log", False)),
         object_store_memory=_optional_memory("object_store_memory", get("object_store_memory")),
         num_ray_nodes=check.integer("num_ray_nodes", get("num_ray_nodes"), allow_none=True),
         ray_node_cpu_cores=check.integer("ray_node_cpu_cores", get("ray_node_cpu_cores"),

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .config import ContextSpec, Flags, FlagValues, build_spec
 from .errors import NoContextError
@@ -47,7 +47,7 @@ class _Running:
     stack: contextlib.ExitStack
     plan: Optional[Plan] = None
     adopted: bool = False
-    ray: object = None  # sparkorca.ray.RayContext, once Ray is started
+    ray: Any = None  # sparkorca.ray.OrcaRayContext, once Ray is started
     standalone: object = None  # the local standalone cluster this context started
 
 
@@ -125,6 +125,10 @@ def init_orca_context(cluster_mode=None, runtime="spark", cores=None, memory="2g
     spec = build_spec(cluster_mode, runtime, cores, memory, num_nodes, init_ray_on_spark,
                       **kwargs)
     with _lock:
+        if _running is not None and _running.sc is None and not _running.ray.initialized:
+            # runtime="ray" whose Ray the program stopped: nothing runs, start afresh
+            _running.stack.close()
+            _running = None
         if _running is not None:
             warnings.warn("init_orca_context: a context is already running; returning it "
                           "unchanged (call stop_orca_context() first to start a different "
@@ -141,12 +145,9 @@ def init_orca_context(cluster_mode=None, runtime="spark", cores=None, memory="2g
 
 
 def _start_ray_only(spec: ContextSpec, stack: contextlib.ExitStack) -> _Running:
-    from .ray import RayContext
-    from .ray.local import LocalRay
-    backend = LocalRay(spec)
-    stack.callback(backend.stop)
-    backend.start()
-    return _Running(spec=spec, sc=None, stack=stack, ray=RayContext(backend))
+    running = _Running(spec=spec, sc=None, stack=stack)
+    _start_ray_on(running)
+    return running
 
 
 def _ray_on_spark(spec: ContextSpec, master: str, conf: dict, flag_values: FlagValues,
@@ -160,19 +161,28 @@ def _ray_on_spark(spec: ContextSpec, master: str, conf: dict, flag_values: FlagV
 
 
 def _start_ray_on(running: _Running) -> None:
-    """Start RayOnSpark on a running Spark context (adopted, or lazily on demand)."""
-    from .ray import RayContext
+    """Start Ray for a running context: RayOnSpark on its Spark (adopted, or lazily on
+    demand), or the local Ray of runtime="ray"; again on the same OrcaRayContext after
+    the program stopped it."""
+    from .ray import OrcaRayContext
     sc = running.sc
+    backend: Any
     if sc is None:
-        raise NoContextError("this context runs runtime='ray' and its Ray was stopped; "
-                             "stop_orca_context() and start a new one")
-    assert sc.master is not None
-    cluster = _ray_on_spark(running.spec, sc.master, dict(sc.getConf().getAll()), flags(),
-                            running.plan.driver_host if running.plan else "127.0.0.1")
-    running.stack.callback(cluster.stop)
-    cluster.start_head()
-    cluster.attach(sc)
-    running.ray = RayContext(cluster)
+        from .ray.local import LocalRay
+        backend = LocalRay(running.spec)
+        running.stack.callback(backend.stop)
+        backend.start()
+    else:
+        assert sc.master is not None
+        backend = _ray_on_spark(running.spec, sc.master, dict(sc.getConf().getAll()), flags(),
+                                running.plan.driver_host if running.plan else "127.0.0.1")
+        running.stack.callback(backend.stop)
+        backend.start_head()
+        backend.attach(sc)
+    if isinstance(running.ray, OrcaRayContext):
+        running.ray._started(backend)
+    else:
+        running.ray = OrcaRayContext(backend)
 
 
 def _start(spec: ContextSpec, flag_values: FlagValues, stack: contextlib.ExitStack) -> _Running:
@@ -204,7 +214,7 @@ def _start_owned(spec: ContextSpec, flag_values: FlagValues,
     from .spark import needs_packed_env, session
     from .spark.conf import render_launch
     from .spark.java import spark_home
-    from .spark.logs import LogSink, log_daemon_source
+    from .spark.logs import LogSink, log_daemon_source, set_driver_log_level
     from .spark.pyenv import pack_environment
     from .spark.standalone import LocalStandaloneCluster
 
@@ -250,15 +260,20 @@ def _start_owned(spec: ContextSpec, flag_values: FlagValues,
     if ray_cluster is not None:
         ray_cluster.start_head()  # comes up while the Spark driver JVM starts
         stack.callback(ray_cluster.stop_head)
+    log_file = spec.redirect_spark_log
+    if log_file is True:
+        log_file = "sparkorca-spark.log"  # in the working directory, as Orca's bigdl.log
     owned = session.start_spark(dataclasses.replace(launch, driver_env=driver_env),
-                                flag_values.log_output)
+                                flag_values.log_output,
+                                os.path.abspath(log_file) if log_file else None)
     stack.callback(owned.stop)
     sc = owned.sc
     gateway_pid = owned.gateway_pid
     if gateway_pid is not None:
         reaper.wait_for_on_crash(gateway_pid)
-    if spec.spark_log_level:
-        sc.setLogLevel(spec.spark_log_level)
+    if spec.spark_log_level or log_file:
+        # redirected: the file gets INFO unless asked otherwise (the console only errors)
+        set_driver_log_level(sc, spec.spark_log_level or "INFO")
     if launch.master.startswith("local-cluster"):
         # local-cluster's in-JVM workers ignore SPARK_WORKER_DIR: executors work in
         # SPARK_HOME/work/<application id>, which nothing else would remove.
@@ -270,10 +285,10 @@ def _start_owned(spec: ContextSpec, flag_values: FlagValues,
         sc.environment.update(sink.worker_env())
     running = _Running(spec=spec, sc=sc, stack=stack, plan=plan, standalone=standalone)
     if ray_cluster is not None:
-        from .ray import RayContext
+        from .ray import OrcaRayContext
         stack.callback(ray_cluster.stop_raylets)  # before Spark stops
         ray_cluster.attach(sc)
-        running.ray = RayContext(ray_cluster)
+        running.ray = OrcaRayContext(ray_cluster)
     return running
 
 
@@ -286,7 +301,9 @@ def _remove_app_work_dirs(dirs: list) -> None:
 
 def _adopt_submitted(spec: ContextSpec, stack: contextlib.ExitStack) -> _Running:
     from .spark import session
-    ignored = [name for name in ("conf", "env", "extra_python_lib", "penv_archive", "master")
+    from .spark.logs import set_driver_log_level
+    ignored = [name for name in ("conf", "env", "extra_python_lib", "penv_archive", "master",
+                                 "redirect_spark_log")  # spark-submit owns the JVM's output
                if getattr(spec, name)]
     if ignored or spec.cores is not None:
         warnings.warn(
@@ -295,6 +312,8 @@ def _adopt_submitted(spec: ContextSpec, stack: contextlib.ExitStack) -> _Running
             "(pass them to spark-submit instead)", stacklevel=5)
     sc = session.adopt_spark_submit_context()
     stack.callback(session.stop_session_and_context, sc)
+    if spec.spark_log_level:
+        set_driver_log_level(sc, spec.spark_log_level)
     return _Running(spec=spec, sc=sc, stack=stack)
 
 

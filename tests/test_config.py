@@ -43,6 +43,9 @@ def _no_jvm():
     (dict(cluster_mode="k8s-client", container_image="img"), "master", "None", "k8s://"),
     (dict(cluster_mode="k8s-cluster", master="k8s://https://1.2.3.4:6443"), "container_image",
      "None", "Spark image"),
+    (dict(redirect_spark_log="  "), "redirect_spark_log", "'  '", "path of the log file"),
+    (dict(redirect_spark_log=1), "redirect_spark_log", "1", "True, False"),
+    (dict(spark_log_level="LOUD"), "spark_log_level", "'LOUD'", "WARN"),
 ])
 def test_bad_input_is_refused_before_anything_starts(kwargs, name, bad, accepted):
     with pytest.raises(InvalidArgumentError) as err:
@@ -133,3 +136,25 @@ def test_k8s_modes_name_every_missing_requirement():
     msg = str(err.value)
     assert "master=None" in msg and "container_image=None" in msg
     assert _no_jvm()
+
+
+def test_redirected_driver_output_keeps_only_errors_on_the_console(tmp_path, capfd):
+    """redirect_spark_log: every line to the file; on the console only error records
+    (with their stack traces) and output that is not a log record."""
+    import os
+
+    from sparkorca.spark.logs import OutputPump
+    log = tmp_path / "spark.log"
+    pump = OutputPump("test", to_stdout=False, log_file=str(log))
+    lines = ["Setting default log level to \"WARN\".\n",
+             "26/11/23 10:00:00 INFO DAGScheduler: Job 0 finished\n",
+             "26/11/23 10:00:01 WARN TaskSetManager: Lost task 0.0\n",
+             "26/11/23 10:00:02 ERROR Executor: Exception in task 0.0\n",
+             "org.apache.spark.api.python.PythonException: boom\n",
+             "\tat org.apache.spark.Foo.bar(Foo.scala:1)\n",
+             "26/11/23 10:00:03 INFO SparkContext: Successfully stopped SparkContext\n"]
+    assert pump.write_fd is not None
+    os.write(pump.write_fd, "".join(lines).encode())
+    pump.join()
+    assert log.read_text() == "".join(lines)
+    assert capfd.readouterr().err == "".join([lines[0]] + lines[3:6])

@@ -140,13 +140,38 @@ def test_failed_start_reports_the_jvm_output_and_leaves_nothing():
 
 def test_get_ray_context_starts_ray_on_demand_and_stop_ends_it():
     import ray
+
+    from sparkorca.ray import OrcaRayContext
     sc = init_orca_context(cluster_mode="local", cores=1, conf=QUIET)
+    with pytest.raises(NoContextError, match="OrcaRayContext.get"):
+        OrcaRayContext.get(initialize=False)
     ray_ctx = OrcaContext.get_ray_context()  # Orca's lazy start on the running app
+    assert isinstance(ray_ctx, OrcaRayContext) and ray_ctx.initialized
     assert ray.get(ray.remote(lambda: 7).remote()) == 7
-    assert OrcaContext.get_ray_context() is ray_ctx
+    assert OrcaContext.get_ray_context() is ray_ctx is OrcaRayContext.get(initialize=False)
+    assert (ray_ctx.runtime, ray_ctx.num_ray_nodes, ray_ctx.ray_node_cpu_cores) == ("spark", 1, 1)
     ray_ctx.stop()  # Ray only: Spark goes on
-    assert not ray.is_initialized()
+    assert not ray.is_initialized() and not ray_ctx.initialized
     assert sc.parallelize([1, 2]).count() == 2
+    info = ray_ctx.init()  # Orca's re-init: the same object, a new Ray
+    assert ray_ctx.initialized and OrcaRayContext.get() is ray_ctx
+    assert info["object_store_address"] and info["redis_address"] == ray_ctx.redis_address
+    assert ray.get(ray.remote(lambda: 8).remote()) == 8
+
+
+def test_redirect_spark_log_sends_the_driver_log_to_a_file(tmp_path, capfd):
+    log = tmp_path / "spark.log"
+    sc = init_orca_context(cluster_mode="local", cores=1, conf=QUIET, redirect_spark_log=str(log))
+    assert sc.parallelize(range(4), 2).count() == 4
+    with pytest.raises(Exception, match="ZeroDivisionError"):
+        sc.parallelize([1], 1).map(lambda x: x / 0).count()
+    stop_orca_context()  # joins the driver's output pump: the file is complete
+    text = log.read_text()
+    assert " INFO DAGScheduler: Job 0 finished" in text  # INFO reaches the file
+    assert " ERROR " in text and "ZeroDivisionError" in text
+    console = capfd.readouterr().err
+    assert " ERROR " in console and "ZeroDivisionError" in console
+    assert " INFO " not in console and " WARN " not in console
 
 
 def test_failed_context_creation_ends_the_jvm_it_started():

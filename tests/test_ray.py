@@ -226,6 +226,14 @@ def test_runtime_ray_without_spark():
     assert ctx.redis_address == ctx.address_info["gcs_address"]
     with pytest.raises(Exception, match="has no Spark"):
         OrcaContext.get_spark_context()
+    assert (ctx.runtime, ctx.num_ray_nodes, ctx.ray_node_cpu_cores) == ("ray", 1, 2)
+    ctx.stop()
+    assert not ray.is_initialized() and not ctx.initialized
+    assert OrcaContext.get_ray_context() is ctx and ctx.initialized  # started again
+    assert ray.get(ray.remote(lambda: "again").remote()) == "again"
+    ctx.stop()
+    again = init_orca_context(runtime="ray", cores=1)  # a stopped ray runtime starts afresh
+    assert again.initialized and ray.cluster_resources()["CPU"] == 1
     stop_orca_context()
     assert not ray.is_initialized()
 

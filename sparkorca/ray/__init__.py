@@ -1,4 +1,4 @@
-"""Ray in a sparkorca context: RayContext (OrcaContext.get_ray_context()) and
+"""Ray in a sparkorca context: OrcaRayContext (OrcaContext.get_ray_context()) and
 ``connect()`` for Ray calls from inside Spark tasks and UDFs."""
 
 from __future__ import annotations
@@ -6,28 +6,64 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, List
 
-from ..errors import NoContextError
+from ..errors import InvalidArgumentError, NoContextError
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
 
 
-class RayContext:
-    """The Ray cluster of a sparkorca context (Orca's OrcaRayContext).
+class OrcaRayContext:
+    """The Ray cluster of a sparkorca context (Orca 2.x's OrcaRayContext).
+
+    ``OrcaContext.get_ray_context()`` and ``OrcaRayContext.get()`` return it; Ray is
+    started on demand, as Orca did. ``stop()`` ends Ray only (Spark goes on) and
+    ``init()`` starts it again on the same object.
 
     Examples
     --------
-    >>> ray_ctx = OrcaContext.get_ray_context()          # doctest: +SKIP
+    >>> ray_ctx = OrcaRayContext.get()                   # doctest: +SKIP
     >>> ray_ctx.address_info["gcs_address"]              # doctest: +SKIP
     '192.0.2.2:41233'
     >>> ray_ctx.redis_address == ray_ctx.address_info["gcs_address"]  # doctest: +SKIP
     True
+    >>> ray_ctx.stop(); ray_ctx.initialized               # doctest: +SKIP
+    False
     """
 
-    def __init__(self, backend):
+    def __init__(self, backend) -> None:
         self._backend = backend
         self._stopped = False
         self._kept: List[ActorHandle] = []  # actor handles that must live as long as Ray
+
+    @classmethod
+    def get(cls, initialize: bool = True) -> "OrcaRayContext":
+        """The running context's Ray; started first when ``initialize`` (Orca's default)."""
+        from ..context import OrcaContext, current
+        if initialize:
+            return OrcaContext.get_ray_context()
+        running = current()
+        if running is None or running.ray is None:
+            raise NoContextError("no Ray is running: call init_orca_context(..., "
+                                 "init_ray_on_spark=True) or OrcaRayContext.get()")
+        return running.ray
+
+    def init(self, driver_cores: int = 0) -> dict:
+        """Start Ray again after ``stop()``; returns address_info. A no-op while it runs.
+
+        ``driver_cores`` is Orca's: sparkorca never schedules Ray tasks on the driver,
+        so only 0 is accepted.
+        """
+        if driver_cores != 0:
+            raise InvalidArgumentError("driver_cores", driver_cores, "0 (the driver runs no "
+                                       "Ray tasks in sparkorca)")
+        if self._stopped:
+            from ..context import OrcaContext
+            OrcaContext.get_ray_context()  # restarts through the context, on this object
+        return self.address_info
+
+    def _started(self, backend) -> None:
+        self._backend = backend
+        self._stopped = False
 
     def _release_kept(self) -> None:
         import ray
@@ -51,6 +87,7 @@ class RayContext:
             "node_ip_address": info.get("node_ip_address"),
             "gcs_address": self._backend.gcs_address,
             "address": self._backend.gcs_address,
+            "redis_address": self._backend.gcs_address,
             "object_store_address": info.get("object_store_address"),
             "raylet_socket_name": info.get("raylet_socket_name"),
             "webui_url": self._backend.webui_url,
@@ -64,8 +101,35 @@ class RayContext:
         return self._backend.gcs_address
 
     @property
-    def is_initialized(self) -> bool:
+    def runtime(self) -> str:
+        return "spark" if hasattr(self._backend, "plan") else "ray"
+
+    @property
+    def is_local(self) -> bool:
+        """True when Ray runs beside a local[...] Spark driver or on this machine alone."""
+        return getattr(getattr(self._backend, "plan", None), "local", self.runtime == "ray")
+
+    @property
+    def num_ray_nodes(self) -> int:
+        """Ray nodes that run tasks (the driver's head node runs none on a cluster)."""
+        plan = getattr(self._backend, "plan", None)
+        if plan is not None:
+            return plan.num_ray_nodes
+        return sum(1 for n in self.nodes() if n["alive"])
+
+    @property
+    def ray_node_cpu_cores(self) -> int:
+        """CPUs each Ray node offers to tasks."""
+        plan = getattr(self._backend, "plan", None)
+        if plan is not None:
+            return plan.node_cpus
+        return self._backend.node_cpus()
+
+    @property
+    def initialized(self) -> bool:
         return not self._stopped
+
+    is_initialized = initialized  # sparkorca's earlier name
 
     def nodes(self) -> List[dict]:
         """Every node of the cluster, alive or not, with its Spark executor id."""
@@ -81,6 +145,9 @@ class RayContext:
             self._stopped = True
             self._release_kept()
             self._backend.stop()
+
+
+RayContext = OrcaRayContext  # sparkorca's earlier name
 
 
 def connect(**ray_init_kwargs) -> None:
@@ -120,4 +187,4 @@ def connect(**ray_init_kwargs) -> None:
              **ray_init_kwargs)
 
 
-__all__ = ["RayContext", "connect"]
+__all__ = ["OrcaRayContext", "RayContext", "connect"]

@@ -46,7 +46,7 @@ class LocalRay:
                 kwargs["object_store_memory"] = spec.object_store_memory.num_bytes
             if spec.system_config:
                 kwargs["_system_config"] = spec.system_config
-            ctx = ray.init(num_cpus=spec.cores or os.cpu_count(), num_gpus=0,
+            ctx = ray.init(num_cpus=self.node_cpus(), num_gpus=0,
                            include_dashboard=spec.include_webui, dashboard_host=self.host,
                            _temp_dir=self.temp_dir, namespace=f"sparkorca-{self.cluster_id}",
                            **kwargs)
@@ -63,6 +63,13 @@ class LocalRay:
         return [{"node_id": n["NodeID"], "node_name": n.get("NodeName"), "alive": n["Alive"],
                  "is_head": False, "executor_id": None, "host": n["NodeManagerAddress"],
                  "resources": n.get("Resources", {})} for n in ray.nodes()]
+
+    def node_cpus(self) -> int:
+        """CPUs of a node: the local Ray's, or the smallest node's of an existing cluster."""
+        if not self.spec.address:
+            return self.spec.cores or os.cpu_count() or 1
+        cpus = [n["resources"].get("CPU", 0) for n in self.nodes() if n["alive"]]
+        return int(min(cpus)) if cpus else 0
 
     def stop(self) -> None:
         import sys

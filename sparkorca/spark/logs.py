@@ -11,8 +11,10 @@ and only ever reads text lines (nothing is unpickled).
 from __future__ import annotations
 
 import collections
+import contextlib
 import hmac
 import os
+import re
 import secrets
 import socketserver
 import sys
@@ -23,12 +25,24 @@ TOKEN_ENV = "SPARKORCA_LOG_TOKEN"
 ADDRESS_ENV = "SPARKORCA_LOG_ADDRESS"
 
 
-class OutputPump:
-    """Read a child's output from a pipe, keep its tail, forward every line."""
+# Spark's default log4j2 pattern: "26/11/23 23:25:54 ERROR TaskSetManager: ..."
+_RECORD = re.compile(rb"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d (TRACE|DEBUG|INFO|WARN|ERROR|FATAL) ")
+_CONSOLE_LEVELS = (None, b"ERROR", b"FATAL")
 
-    def __init__(self, name: str, to_stdout: bool, tail_lines: int = 200):
+
+class OutputPump:
+    """Read a child's output from a pipe, keep its tail, forward every line.
+
+    With ``log_file`` (Orca's redirect_spark_log) every line goes to that file and
+    only error records (with their stack traces) and output that is not a log
+    record reach the console.
+    """
+
+    def __init__(self, name: str, to_stdout: bool, tail_lines: int = 200,
+                 log_file: Optional[str] = None):
         self.name = name
         self.to_stdout = to_stdout
+        self.log_file = log_file
         self._tail: Deque[str] = collections.deque(maxlen=tail_lines)
         self.read_fd, write_fd = os.pipe()
         self.write_fd: Optional[int] = write_fd
@@ -37,13 +51,22 @@ class OutputPump:
         self._thread.start()
 
     def _run(self) -> None:
-        with os.fdopen(self.read_fd, "rb") as f:
+        with contextlib.ExitStack() as files:
+            f = files.enter_context(os.fdopen(self.read_fd, "rb"))
+            log = files.enter_context(open(self.log_file, "ab")) if self.log_file else None
+            level = None  # of the record a line belongs to (stack traces follow theirs)
             for raw in f:
-                line = raw.decode(errors="replace")
-                self._tail.append(line)
+                self._tail.append(raw.decode(errors="replace"))
+                if log is not None:
+                    log.write(raw)
+                    log.flush()
+                    record = _RECORD.match(raw)
+                    level = record.group(1) if record else level
+                    if level not in _CONSOLE_LEVELS:
+                        continue
                 if self.to_stdout:
                     # sys.stdout, not fd 1: in a notebook only sys.stdout is shown.
-                    sys.stdout.write(line)
+                    sys.stdout.write(raw.decode(errors="replace"))
                     sys.stdout.flush()
                 else:
                     os.write(2, raw)
@@ -114,3 +137,16 @@ def log_daemon_source() -> str:
     """Path of the executor-side module that Spark runs as its Python daemon."""
     return os.path.join(os.path.dirname(__file__), "sparkorca_log_daemon.py")
 
+
+
+def set_driver_log_level(sc, level: str) -> None:
+    """``sc.setLogLevel(level)``, and let the console show that level.
+
+    A driver started as "pyspark-shell" filters its console at the shell's WARN
+    threshold, which setLogLevel does not clear on Spark 4 (INFO records never
+    reached the console or a redirected log); clear it as Spark 3's setLogLevel did.
+    """
+    sc.setLogLevel(level)
+    with contextlib.suppress(Exception):  # the field is Spark-internal
+        logging = getattr(sc._jvm.org.apache.spark.internal, "Logging$")
+        getattr(getattr(logging, "MODULE$"), "sparkShellThresholdLevel_$eq")(None)

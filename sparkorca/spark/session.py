@@ -97,14 +97,16 @@ def stop_session_and_context(sc) -> None:
     sc.stop()
 
 
-def start_spark(launch: SparkLaunch, log_output: bool) -> OwnedSpark:
-    """Launch the driver JVM for ``launch`` and return the new SparkContext."""
+def start_spark(launch: SparkLaunch, log_output: bool,
+                log_file: Optional[str] = None) -> OwnedSpark:
+    """Launch the driver JVM for ``launch`` and return the new SparkContext; its log
+    goes to ``log_file`` (errors still on the console) when given."""
     from pyspark import SparkConf, SparkContext
     from pyspark.java_gateway import launch_gateway
 
     conf = SparkConf(loadDefaults=False).setMaster(launch.master)
     conf.setAll(list(launch.conf.items()))
-    pump = OutputPump("spark-driver", to_stdout=log_output)
+    pump = OutputPump("spark-driver", to_stdout=log_output, log_file=log_file)
     try:
         with temporary_environ({**launch.driver_env, "PYSPARK_SUBMIT_ARGS": "pyspark-shell"}):
             gateway = launch_gateway(conf, popen_kwargs={
