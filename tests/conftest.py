@@ -31,6 +31,20 @@ TEMP_PATTERNS = ("spark-*", "sparkorca-*", "blockmgr-*", "pyspark-*", "ray", "ra
 QUIET = {"spark.ui.showConsoleProgress": "false", "spark.ui.enabled": "false"}
 
 
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true",
+                     help="also run the tests marked slow (minutes each; not in CI's run)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def engine_processes() -> dict:
     found = {}
     for p in psutil.process_iter(["pid", "cmdline", "status"]):

@@ -49,3 +49,12 @@ def test_orca_pytorch_estimator_program_runs_with_imports_changed_only(tmp_path)
     assert "epoch 5:" in out and "evaluate: {'Accuracy':" in out
     accuracy = float(out.split("holdout accuracy ")[1].split()[0])
     assert accuracy >= 0.9, out
+
+
+@pytest.mark.slow
+def test_rllib_ppo_cartpole_reaches_a_low_reward_target(tmp_path):
+    """RLlib (pip install -e '.[test,rllib]') tuning PPO inside Spark: three trials;
+    a reward of 30 is above a random policy's ~22."""
+    pytest.importorskip("ray.rllib", reason="needs the rllib extra: pip install '.[rllib]'")
+    out = _run_example("rllib_ppo_cartpole.py", tmp_path, "--target-reward", "30")
+    assert float(out.split("episode return: ")[1].split()[0]) >= 30, out
