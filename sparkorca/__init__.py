@@ -14,6 +14,7 @@ from .errors import (
     OrcaRuntimeError,
     StartupTimeoutError,
     UnknownArgumentError,
+    UnknownFlagError,
 )
 
 _CONTEXT_NAMES = ("OrcaContext", "init_orca_context", "orca_context", "stop_orca_context")
@@ -21,7 +22,7 @@ _CONTEXT_NAMES = ("OrcaContext", "init_orca_context", "orca_context", "stop_orca
 __all__ = [
     "__version__", "init_orca_context", "stop_orca_context", "orca_context", "OrcaContext",
     "OrcaError", "InvalidArgumentError", "UnknownArgumentError", "OrcaRuntimeError",
-    "JavaError", "NoContextError", "StartupTimeoutError",
+    "JavaError", "NoContextError", "StartupTimeoutError", "UnknownFlagError",
 ]
 
 

@@ -288,6 +288,9 @@ class FlagValues:
     pandas_read_backend: str = "spark"
     train_data_store: str = "DRAM"
     shard_size: Optional[int] = None
+    # Orca's _eager_mode: every new XShards is computed and cached at once (its parent
+    # uncached unless the program cached it), so errors surface at the call.
+    eager_mode: bool = False
 
 
 class Flags:
@@ -316,7 +319,7 @@ class Flags:
 
     def validate(self, name: str, value: Any) -> Any:
         label = f"OrcaContext.{name}"
-        if name in ("log_output", "barrier_mode", "serialize_data_creator"):
+        if name in ("log_output", "barrier_mode", "serialize_data_creator", "eager_mode"):
             return check.boolean(label, value)
         if name == "pandas_read_backend":
             if isinstance(value, str) and value.lower() in ("spark", "pandas"):

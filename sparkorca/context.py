@@ -28,7 +28,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .config import ContextSpec, Flags, FlagValues, build_spec
-from .errors import NoContextError
+from .errors import NoContextError, UnknownFlagError
 from .plan import Plan, make_plan
 
 if TYPE_CHECKING:
@@ -386,6 +386,17 @@ class _OrcaContextMeta(type):
     train_data_store = _flag("train_data_store")
     shard_size = _flag("shard_size")
     _shard_size = _flag("shard_size")  # Orca's own programs spell it this way
+    eager_mode = _flag("eager_mode")
+    _eager_mode = _flag("eager_mode")  # Orca's spelling
+
+    def __setattr__(cls, name, value):
+        # A misspelt flag must not be a silent no-op: only flags and existing names.
+        if not hasattr(cls, name):
+            flags = sorted(n for n, v in vars(_OrcaContextMeta).items()
+                           if isinstance(v, property))
+            raise UnknownFlagError(f"OrcaContext has no flag {name!r}; the flags are "
+                                       f"{', '.join(flags)}")
+        super().__setattr__(name, value)
 
 
 class OrcaContext(metaclass=_OrcaContextMeta):
@@ -393,7 +404,9 @@ class OrcaContext(metaclass=_OrcaContextMeta):
 
     Flags (validated on assignment): ``log_output``, ``barrier_mode``,
     ``serialize_data_creator``, ``pandas_read_backend`` ("spark" | "pandas"),
-    ``train_data_store`` ("DRAM" | "DISK_n"), ``shard_size`` (None or rows).
+    ``train_data_store`` ("DRAM" | "DISK_n"), ``shard_size`` (None or rows),
+    ``eager_mode`` (compute and cache every new XShards at once). Orca's spellings
+    ``_shard_size`` and ``_eager_mode`` are the same flags.
 
     Examples
     --------

@@ -44,6 +44,10 @@ class UnknownArgumentError(OrcaError, TypeError):
     """Keyword arguments that init_orca_context does not know."""
 
 
+class UnknownFlagError(OrcaError, AttributeError):
+    """An OrcaContext flag that does not exist was set (a misspelling, usually)."""
+
+
 class OrcaRuntimeError(OrcaError, RuntimeError):
     """Something failed while starting, running or stopping a context."""
 

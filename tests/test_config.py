@@ -128,6 +128,19 @@ def test_flag_defaults():
     assert OrcaContext.pandas_read_backend == "spark"
     assert OrcaContext.train_data_store == "DRAM"
     assert OrcaContext.shard_size is None
+    assert OrcaContext.eager_mode is False
+
+
+def test_orca_spellings_are_the_same_flags_and_a_misspelt_flag_is_refused():
+    from sparkorca import UnknownFlagError
+    OrcaContext._shard_size = 7
+    OrcaContext._eager_mode = True
+    assert (OrcaContext.shard_size, OrcaContext.eager_mode) == (7, True)
+    with pytest.raises(InvalidArgumentError, match="eager_mode='yes' is not accepted; expected True or False"):
+        OrcaContext._eager_mode = "yes"
+    with pytest.raises(UnknownFlagError, match="no flag 'shard_sise'.*shard_size"):
+        OrcaContext.shard_sise = 10
+    assert not hasattr(OrcaContext, "shard_sise")
 
 
 def test_k8s_modes_name_every_missing_requirement():

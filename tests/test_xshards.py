@@ -311,6 +311,22 @@ def test_dataframe_methods_as_orca(shared_sc):
     assert nulls.drop_missing_value().get_schema()["columns"] == ["id", "loc"]
 
 
+def test_eager_mode_computes_and_caches_each_new_xshards_at_the_call(shared_sc):
+    OrcaContext._eager_mode = True  # as Orca's test fixtures set it
+    shards = XShards.partition(np.arange(12).reshape(6, 2), 2)
+    doubled = shards.transform_shard(lambda a: a * 2)
+    assert doubled.is_cached() and doubled.collect()[0][0].tolist() == [0, 2]
+    added = doubled.transform_shard(lambda a: a + 1)
+    assert added.is_cached() and not doubled.is_cached()  # the parent is let go ...
+    kept = added.cache().transform_shard(lambda a: a)
+    assert kept.is_cached() and added.is_cached()  # ... unless the program cached it
+    with pytest.raises(Exception, match="ZeroDivisionError"):
+        shards.transform_shard(lambda a: a / 0 if a.dtype.kind == "i" and 1 // 0 else a)
+    OrcaContext._eager_mode = False
+    lazy = shards.transform_shard(lambda a: 1 // 0)  # lazy: nothing runs yet
+    assert not lazy.is_cached()
+
+
 def test_scalers_fit_on_all_shards_and_append_one_column(shared_sc):
     frame = pd.DataFrame({"ID": np.arange(8), "sale_price": np.arange(8) * 10.0,
                           "location": np.ones(8)})

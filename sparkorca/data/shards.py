@@ -439,6 +439,12 @@ class XShards:
     def _child(self, rdd, class_name: Optional[str] = None, meta: Optional[ShardMeta] = None):
         child = XShards(rdd, class_name=class_name)
         child._meta = meta
+        from ..context import flags
+        if flags().eager_mode:  # Orca's eager XShards: computed now, the parent let go
+            child.rdd.cache()
+            child.compute()
+            if not self.user_caching and self.rdd.is_cached:
+                self.rdd.unpersist(blocking=False)
         return child
 
     # -- basics --------------------------------------------------------------------------
