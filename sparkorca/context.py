@@ -433,6 +433,15 @@ class OrcaContext(metaclass=_OrcaContextMeta):
         return SparkSession.builder.getOrCreate()
 
     @staticmethod
+    def get_sql_context():
+        """Orca's getter: an SQLContext on the running context (Spark deprecated the class
+        in 3.0; the SparkSession of get_spark_session() does all it does)."""
+        from pyspark.sql import SQLContext
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # the deprecation, said above
+            return SQLContext.getOrCreate(OrcaContext.get_spark_context())
+
+    @staticmethod
     def get_ray_context():
         """The Ray context of the running context, started on demand (as Orca did)
         when the context was created without init_ray_on_spark=True."""

@@ -136,7 +136,7 @@ def test_orca_spellings_are_the_same_flags_and_a_misspelt_flag_is_refused():
     OrcaContext._shard_size = 7
     OrcaContext._eager_mode = True
     assert (OrcaContext.shard_size, OrcaContext.eager_mode) == (7, True)
-    with pytest.raises(InvalidArgumentError, match="eager_mode='yes' is not accepted; expected True or False"):
+    with pytest.raises(InvalidArgumentError, match="eager_mode='yes' .*True or False"):
         OrcaContext._eager_mode = "yes"
     with pytest.raises(UnknownFlagError, match="no flag 'shard_sise'.*shard_size"):
         OrcaContext.shard_sise = 10

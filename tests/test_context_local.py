@@ -38,6 +38,7 @@ def test_local_run_stop_and_init_again():
     assert OrcaContext.get_spark_context() is sc
     df = OrcaContext.get_spark_session().range(10)
     assert df.count() == 10
+    assert OrcaContext.get_sql_context().sql("select 1 as one").first().one == 1
 
 
 def test_local_cluster_executors_are_separate_processes():
