@@ -314,6 +314,8 @@ def test_a_consumer_that_stops_reading_fails_the_feed_after_feed_timeout(sc):
         cluster.train(big, feed_timeout=3)
     text = str(e.value)
     assert "feed_timeout=3s" in text and "TFCluster node" in text and "executor" in text
+    # Spark's retries of the failed task were refused at once, not after 3 s more each
+    assert "it has taken nothing for" in text, text
     # the map_fun never returns: shutdown(timeout=...) ends the stuck cluster
     with pytest.raises(StartupTimeoutError, match="timeout=5s"):
         cluster.shutdown(timeout=5)

@@ -73,6 +73,13 @@ class InputQueue:
         self.q: "queue.Queue" = queue.Queue(maxsize=QUEUE_BATCHES)
         self.terminated = threading.Event()
         self.ended = threading.Event()
+        self.last_take = time.monotonic()  # when the consumer last took an item
+
+    def stalled_for(self, feed_timeout: float) -> Optional[float]:
+        """Seconds the consumer has taken nothing from a full queue, once that is at
+        least ``feed_timeout``: a new feeder would only wait out the same timeout."""
+        idle = time.monotonic() - self.last_take
+        return idle if self.q.full() and idle >= feed_timeout else None
 
     def put(self, item, timeout: Optional[float] = None) -> bool:
         """Block while full; False once the consumer has terminated the feed, or
@@ -182,6 +189,10 @@ class FeedHub:
             return
         if q.terminated.is_set() or q.ended.is_set():
             channel.send(self._or_failed({"type": "terminated"}))  # fail() may have ended it
+            return
+        idle = q.stalled_for(header.get("feed_timeout", float("inf")))
+        if idle is not None:  # Spark retrying a task that timed out: fail it at once
+            channel.send({"type": "stalled", "idle": idle})
             return
         conn = FeedConn(channel, header["mode"], f"partition {header.get('partition')}")
         store_only = bool(header.get("store_only"))  # replayed later, epoch 1 included
@@ -329,6 +340,7 @@ class DataFeed:
             if self._cur is None or self._pos >= self._cur.num_rows:
                 self._cur = None
                 item = self._q.q.get()
+                self._q.last_take = time.monotonic()
                 if item == END:
                     self.done_feeding = True
                     break

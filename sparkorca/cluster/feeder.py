@@ -53,9 +53,13 @@ class _Feed:
                                    "or failed; the driver reports why)") from None
         self.ch.send({"qname": cfg["qname"], "mode": mode, "feed_id": cfg["feed_id"],
                       "epochs": cfg["epochs"], "partition": partition,
-                      "store_only": cfg.get("store_only", False)})
+                      "store_only": cfg.get("store_only", False),
+                      "feed_timeout": self.timeout})
         try:
-            self.accepted = self.checked(self.ch.recv())["type"] == "accepted"
+            reply = self.checked(self.ch.recv())
+            if reply["type"] == "stalled":  # an earlier attempt already waited it out
+                raise self.timed_out(f" (it has taken nothing for {reply['idle']:.0f}s)")
+            self.accepted = reply["type"] == "accepted"
         except BaseException:
             self.ch.close()
             raise
@@ -74,11 +78,11 @@ class _Feed:
             writer.close()
         self.ch.send({"type": "end"})
 
-    def timed_out(self) -> OrcaRuntimeError:
+    def timed_out(self, detail: str = "") -> OrcaRuntimeError:
         return OrcaRuntimeError(
             f"{self.what} timed out: its consumer took no data for feed_timeout="
-            f"{self.timeout:g}s. Is map_fun still calling DataFeed.next_batch()? (call "
-            "DataFeed.terminate() to stop a feed early)")
+            f"{self.timeout:g}s{detail}. Is map_fun still calling DataFeed.next_batch()? "
+            "(call DataFeed.terminate() to stop a feed early)")
 
     def checked(self, reply: dict) -> dict:
         """The node's ``reply``; raises map_fun's traceback if that is what it says."""
