@@ -170,15 +170,20 @@ def _start_ray_on(running: _Running) -> None:
     if sc is None:
         from .ray.local import LocalRay
         backend = LocalRay(running.spec)
-        running.stack.callback(backend.stop)
-        backend.start()
     else:
         assert sc.master is not None
         backend = _ray_on_spark(running.spec, sc.master, dict(sc.getConf().getAll()), flags(),
                                 running.plan.driver_host if running.plan else "127.0.0.1")
-        running.stack.callback(backend.stop)
-        backend.start_head()
-        backend.attach(sc)
+    running.stack.callback(backend.stop)
+    try:
+        if sc is None:
+            backend.start()
+        else:
+            backend.start_head()
+            backend.attach(sc)
+    except BaseException:
+        backend.stop()  # nothing half-started stays connected: a later start is clean
+        raise
     if isinstance(running.ray, OrcaRayContext):
         running.ray._started(backend)
     else:
@@ -344,7 +349,11 @@ def stop_orca_context() -> None:
             return
         if running.adopted:
             log.info("leaving the adopted SparkContext running (Ray, if started, stops)")
-        running.stack.close()
+        try:
+            running.stack.close()
+        finally:
+            if running.ray is not None:
+                running.ray._ended()  # a program's handle says so: initialized is False
 
 
 @contextlib.contextmanager

@@ -159,15 +159,19 @@ def test_redirected_driver_output_keeps_only_errors_on_the_console(tmp_path, cap
     from sparkorca.spark.logs import OutputPump
     log = tmp_path / "spark.log"
     pump = OutputPump("test", to_stdout=False, log_file=str(log))
-    lines = ["Setting default log level to \"WARN\".\n",
+    lines = ["Setting default log level to \"WARN\".\n",                        # console
              "26/11/23 10:00:00 INFO DAGScheduler: Job 0 finished\n",
-             "26/11/23 10:00:01 WARN TaskSetManager: Lost task 0.0\n",
-             "26/11/23 10:00:02 ERROR Executor: Exception in task 0.0\n",
-             "org.apache.spark.api.python.PythonException: boom\n",
-             "\tat org.apache.spark.Foo.bar(Foo.scala:1)\n",
-             "26/11/23 10:00:03 INFO SparkContext: Successfully stopped SparkContext\n"]
+             "26/11/23 10:00:01 WARN TaskSetManager: Lost task 0.0: Traceback:\n",
+             "ZeroDivisionError: division by zero\n",                          # its trace
+             "\r[Stage 0:>    (0 + 1) / 1]\r26/11/23 10:00:02 ERROR Executor: task 0.0\n",
+             "org.apache.spark.api.python.PythonException: boom\n",            # console
+             "\tat org.apache.spark.Foo.bar(Foo.scala:1)\n",                   # console
+             "26/11/23 10:00:03 INFO SparkContext: Successfully stopped SparkContext\n",
+             "a print from a Python worker\n",                                 # console
+             "Exception in thread \"main\" java.lang.OutOfMemoryError\n"]      # console
     assert pump.write_fd is not None
     os.write(pump.write_fd, "".join(lines).encode())
     pump.join()
-    assert log.read_text() == "".join(lines)
-    assert capfd.readouterr().err == "".join([lines[0]] + lines[3:6])
+    assert log.read_bytes() == "".join(lines).encode()  # bytes: read_text turns \r to \n
+    console = "".join([lines[0]] + lines[4:7] + lines[8:])
+    assert capfd.readouterr().err.replace("\r", "\n") == console.replace("\r", "\n")

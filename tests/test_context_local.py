@@ -8,6 +8,7 @@ import pytest
 from conftest import QUIET
 
 from sparkorca import (
+    InvalidArgumentError,
     NoContextError,
     OrcaContext,
     OrcaRuntimeError,
@@ -158,9 +159,15 @@ def test_get_ray_context_starts_ray_on_demand_and_stop_ends_it():
     assert ray_ctx.initialized and OrcaRayContext.get() is ray_ctx
     assert info["object_store_address"] and info["redis_address"] == ray_ctx.redis_address
     assert ray.get(ray.remote(lambda: 8).remote()) == 8
+    stop_orca_context()
+    assert not ray_ctx.initialized  # the program's handle knows its context ended
+    with pytest.raises(NoContextError, match="init_orca_context"):
+        ray_ctx.init()
 
 
 def test_redirect_spark_log_sends_the_driver_log_to_a_file(tmp_path, capfd):
+    with pytest.raises(InvalidArgumentError, match="redirect_spark_log=.*a file this process"):
+        init_orca_context(cluster_mode="local", redirect_spark_log=str(tmp_path / "no" / "x"))
     log = tmp_path / "spark.log"
     sc = init_orca_context(cluster_mode="local", cores=1, conf=QUIET, redirect_spark_log=str(log))
     assert sc.parallelize(range(4), 2).count() == 4

@@ -320,6 +320,10 @@ def test_eager_mode_computes_and_caches_each_new_xshards_at_the_call(shared_sc):
     assert added.is_cached() and not doubled.is_cached()  # the parent is let go ...
     kept = added.cache().transform_shard(lambda a: a)
     assert kept.is_cached() and added.is_cached()  # ... unless the program cached it
+    pairs = shards.transform_shard(lambda a: (a[:1], a[1:]))
+    first, rest = pairs.split()
+    assert first.is_cached() and rest.is_cached() and not pairs.is_cached()
+    assert len(first) == 2 and len(rest) == 4
     with pytest.raises(Exception, match="ZeroDivisionError"):
         shards.transform_shard(lambda a: a / 0 if a.dtype.kind == "i" and 1 // 0 else a)
     OrcaContext._eager_mode = False

@@ -190,7 +190,8 @@ class FeedHub:
         if q.terminated.is_set() or q.ended.is_set():
             channel.send(self._or_failed({"type": "terminated"}))  # fail() may have ended it
             return
-        idle = q.stalled_for(header.get("feed_timeout", float("inf")))
+        idle = None if header.get("store_only") else \
+            q.stalled_for(header.get("feed_timeout", float("inf")))
         if idle is not None:  # Spark retrying a task that timed out: fail it at once
             channel.send({"type": "stalled", "idle": idle})
             return

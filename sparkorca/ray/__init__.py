@@ -57,13 +57,23 @@ class OrcaRayContext:
             raise InvalidArgumentError("driver_cores", driver_cores, "0 (the driver runs no "
                                        "Ray tasks in sparkorca)")
         if self._stopped:
-            from ..context import OrcaContext
+            from ..context import OrcaContext, current
+            running = current()
+            if running is None or running.ray is not self:
+                raise NoContextError("this OrcaRayContext belongs to a context that was "
+                                     "stopped; call init_orca_context(...) again and "
+                                     "OrcaContext.get_ray_context() for its Ray")
             OrcaContext.get_ray_context()  # restarts through the context, on this object
         return self.address_info
 
     def _started(self, backend) -> None:
         self._backend = backend
         self._stopped = False
+
+    def _ended(self) -> None:
+        """Its context stopped (and Ray with it)."""
+        self._stopped = True
+        self._kept.clear()
 
     def _release_kept(self) -> None:
         import ray
@@ -107,7 +117,8 @@ class OrcaRayContext:
     @property
     def is_local(self) -> bool:
         """True when Ray runs beside a local[...] Spark driver or on this machine alone."""
-        return getattr(getattr(self._backend, "plan", None), "local", self.runtime == "ray")
+        plan = getattr(self._backend, "plan", None)
+        return plan.local if plan is not None else not self._backend.spec.address
 
     @property
     def num_ray_nodes(self) -> int:

@@ -27,7 +27,20 @@ ADDRESS_ENV = "SPARKORCA_LOG_ADDRESS"
 
 # Spark's default log4j2 pattern: "26/11/23 23:25:54 ERROR TaskSetManager: ..."
 _RECORD = re.compile(rb"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d (TRACE|DEBUG|INFO|WARN|ERROR|FATAL) ")
+# What follows a record as its own: Java and Python stack traces and exception lines.
+_TRACE = re.compile(rb"^(\s|Caused by:|Suppressed:|Traceback \(most recent call last\)|"
+                    rb"[\w.$]*(Exception|Error|Exit|Interrupt|Warning)\b(?! in thread))")
 _CONSOLE_LEVELS = (None, b"ERROR", b"FATAL")
+
+
+def _level_of(line: bytes, previous: Optional[bytes]) -> Optional[bytes]:
+    """The level of the record ``line`` belongs to: its own, its record's for a stack
+    trace line, None (not a log record) otherwise."""
+    line = line.rsplit(b"\r", 1)[-1]  # a progress bar may have been drawn before it
+    record = _RECORD.match(line)
+    if record:
+        return record.group(1)
+    return previous if previous is not None and _TRACE.match(line) else None
 
 
 class OutputPump:
@@ -44,6 +57,8 @@ class OutputPump:
         self.to_stdout = to_stdout
         self.log_file = log_file
         self._tail: Deque[str] = collections.deque(maxlen=tail_lines)
+        # opened here, so that a path that cannot be written fails the start
+        self._log = open(log_file, "ab") if log_file else None
         self.read_fd, write_fd = os.pipe()
         self.write_fd: Optional[int] = write_fd
         self._thread = threading.Thread(target=self._run, name=f"sparkorca-{name}-output",
@@ -53,15 +68,14 @@ class OutputPump:
     def _run(self) -> None:
         with contextlib.ExitStack() as files:
             f = files.enter_context(os.fdopen(self.read_fd, "rb"))
-            log = files.enter_context(open(self.log_file, "ab")) if self.log_file else None
+            log = files.enter_context(self._log) if self._log is not None else None
             level = None  # of the record a line belongs to (stack traces follow theirs)
             for raw in f:
                 self._tail.append(raw.decode(errors="replace"))
                 if log is not None:
                     log.write(raw)
                     log.flush()
-                    record = _RECORD.match(raw)
-                    level = record.group(1) if record else level
+                    level = _level_of(raw, level)
                     if level not in _CONSOLE_LEVELS:
                         continue
                 if self.to_stdout:

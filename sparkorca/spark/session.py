@@ -15,7 +15,7 @@ import os
 import subprocess
 from typing import Iterator, Optional
 
-from ..errors import OrcaRuntimeError
+from ..errors import InvalidArgumentError, OrcaRuntimeError
 from .conf import SparkLaunch
 from .logs import OutputPump
 
@@ -106,7 +106,14 @@ def start_spark(launch: SparkLaunch, log_output: bool,
 
     conf = SparkConf(loadDefaults=False).setMaster(launch.master)
     conf.setAll(list(launch.conf.items()))
-    pump = OutputPump("spark-driver", to_stdout=log_output, log_file=log_file)
+    if log_file:
+        # the console is for errors then; a progress bar would only be noise there
+        conf.setIfMissing("spark.ui.showConsoleProgress", "false")
+    try:
+        pump = OutputPump("spark-driver", to_stdout=log_output, log_file=log_file)
+    except OSError as e:
+        raise InvalidArgumentError("redirect_spark_log", log_file,
+                                   "a file this process can write", hint=str(e)) from None
     try:
         with temporary_environ({**launch.driver_env, "PYSPARK_SUBMIT_ARGS": "pyspark-shell"}):
             gateway = launch_gateway(conf, popen_kwargs={
