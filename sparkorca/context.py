@@ -404,7 +404,7 @@ class _OrcaContextMeta(type):
             flags = sorted(n for n, v in vars(_OrcaContextMeta).items()
                            if isinstance(v, property))
             raise UnknownFlagError(f"OrcaContext has no flag {name!r}; the flags are "
-                                       f"{', '.join(flags)}")
+                                   f"{', '.join(flags)}")
         super().__setattr__(name, value)
 
 

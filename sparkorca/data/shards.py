@@ -333,12 +333,6 @@ def _refuse(method: str, class_name: str, accepted: str, hint: Optional[str] = N
                                f"{accepted} ({method} works on those)", hint=hint)
 
 
-def flags_now():
-    """The OrcaContext flags (driver side only: executors never read them)."""
-    from ..context import flags
-    return flags()
-
-
 class XShards:
     """Shards (pandas DataFrames, ndarrays, lists, dicts of ndarrays ...) spread over the
     Spark executors; Orca's XShards / SparkXShards.
@@ -445,7 +439,8 @@ class XShards:
     def _child(self, rdd, class_name: Optional[str] = None, meta: Optional[ShardMeta] = None):
         child = XShards(rdd, class_name=class_name)
         child._meta = meta
-        if flags_now().eager_mode:  # Orca's eager XShards: computed now, the parent let go
+        from .. import context
+        if context.flags().eager_mode:  # Orca's eager XShards: computed now, the parent let go
             child.rdd.cache()
             child.compute()
             if not self.user_caching and self.rdd.is_cached:
@@ -579,13 +574,14 @@ class XShards:
         meta = self._first_meta()
         if not lengths or meta is None or meta.length is None:
             return [self]
+        from .. import context
         keep, self.user_caching = self.user_caching, True  # eager: each part reads the cache
         try:
             return [self._child(self.rdd.map(functools.partial(_item, i)))
                     for i in range(lengths[0])]
         finally:
             self.user_caching = keep
-            if not keep and self.rdd.is_cached and flags_now().eager_mode:
+            if not keep and self.rdd.is_cached and context.flags().eager_mode:
                 self.rdd.unpersist(blocking=False)  # every part is computed now
 
     def zip(self, other: "XShards") -> "XShards":
