@@ -168,10 +168,14 @@ def test_ten_tfclusters_in_one_context_do_not_grow(tmp_path):
         rows.append((time.monotonic() - start, _settled(context_processes)))
     _print_table("TFCluster: run / train / shutdown in one context", rows)
     base, last = rows[1][1], rows[-1][1]
-    # py4j holds one connection per thread that called the JVM until that thread's
-    # locals are collected: the count wanders by one or two (seen 53..55 over ten
-    # cycles); a leak would add one every cycle
-    assert last["fds"] <= base["fds"] + 2, (base, last)
+    fds = [state["fds"] for _, state in rows]
+    # A leak adds one every cycle: +8 after the warm-up, +3 over the last four cycles.
+    # What is not a leak moves the count too: py4j holds one connection per thread that
+    # called the JVM until the thread's locals are collected (53..55 over ten cycles),
+    # and in the full suite (Ray, gRPC, TF loaded by earlier tests) two non-Python OS
+    # threads and three fds appeared once, at cycle 3, then six flat cycles (56 -> 59).
+    assert last["fds"] <= base["fds"] + 4, (fds, last["names"] - base["names"])
+    assert max(fds[-4:]) - min(fds[-4:]) <= 1, (fds, last["names"] - base["names"])
     assert last["py_threads"] <= base["py_threads"], (base, last)
     assert last["tmp"] <= base["tmp"], (base, last)
     assert max(secs for secs, _ in rows) <= 2 * rows[0][0]
