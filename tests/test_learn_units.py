@@ -140,3 +140,24 @@ def test_estimator_arguments_fail_before_anything_starts():
         est.evaluate(lambda config, batch_size: None, num_steps=10)
     with pytest.raises(TypeError, match="max_steps"):  # not silently ignored
         est.fit(lambda config, batch_size: None, max_steps=10)
+
+
+def test_keras_estimator_arguments_fail_before_anything_starts(tmp_path):
+    from sparkorca.learn.tf2 import Estimator
+    with pytest.raises(InvalidArgumentError, match="backend"):
+        Estimator.from_keras(model_creator=lambda config: None, backend="ray")
+    with pytest.raises(InvalidArgumentError, match="model_creator"):
+        Estimator.from_keras(model_creator="model.keras")
+    with pytest.raises(InvalidArgumentError, match="batch_size"):
+        Estimator.from_keras(model_creator=lambda config: None, config={"batch_size": 4})
+    with pytest.raises(InvalidArgumentError, match="nope"):
+        Estimator.from_keras(model_creator=lambda config: None, nope=1)
+    est = Estimator.from_keras(model_creator=lambda config: None)
+    with pytest.raises(InvalidArgumentError, match=r"\.keras or \.h5"):
+        est.save(str(tmp_path / "saved_model_dir"))
+    with pytest.raises(InvalidArgumentError, match="callbacks"):
+        est.fit(lambda config, batch_size: None, callbacks=[object()])
+    with pytest.raises(InvalidArgumentError, match="epochs"):
+        est.fit(lambda config, batch_size: None, epochs=0)
+    with pytest.raises(InvalidArgumentError, match="model_creator"):
+        Estimator.from_keras().fit(lambda config, batch_size: None)

@@ -20,7 +20,10 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence
 import numpy as np
 
 from .. import metrics as metricmod
+from ..checkpoints import epoch_checkpoints
 from ..data import Columns, batch_arrays, is_creator
+from ..gloo import gather_json
+from ..partitions import chunks, feed_batches
 
 
 @dataclasses.dataclass
@@ -92,28 +95,6 @@ def make_state(epoch: int, model, optimizer=None, scheduler=None) -> dict:
     return state
 
 
-def write_checkpoint(path: str, blob: bytes) -> None:
-    import fsspec
-    with fsspec.open(path, "wb", auto_mkdir=True) as f:
-        f.write(blob)
-
-
-# -- between the workers ------------------------------------------------------------
-def gather_json(obj) -> list:
-    """Every worker's JSON-able ``obj``, in rank order, over torch.distributed."""
-    import torch
-    import torch.distributed as dist
-    data = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64))
-    longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros(longest, dtype=torch.uint8)
-    padded[:len(data)] = data
-    parts = [torch.zeros(longest, dtype=torch.uint8) for _ in sizes]
-    dist.all_gather(parts, padded)
-    return [json.loads(bytes(p[:int(s.item())].numpy()).decode()) for p, s in zip(parts, sizes)]
-
-
 # -- a model on batches ---------------------------------------------------------------
 def _outputs(out) -> list:
     return list(out) if isinstance(out, (list, tuple)) else [out]
@@ -167,19 +148,6 @@ class Evaluation:
 
 
 # -- the training worker ------------------------------------------------------------
-def _feed_batches(feed, size: int, cols: Columns) -> Iterator[tuple]:
-    """An epoch's batches off the TFCluster feed: a batch holds ``size`` rows
-    until the epoch's end, where the feed hands out a partial or an empty one."""
-    while True:
-        batch = feed.next_batch_arrow(size)
-        if batch is None or batch.num_rows == 0:
-            return
-        yield (batch_arrays(batch, cols.features),
-               batch_arrays(batch, cols.labels, labels=True))
-        if batch.num_rows < size:
-            return
-
-
 def _loader_batches(loader) -> Iterator[tuple]:
     """A DataLoader's batches, Orca's way: ``*features, target = batch``."""
     for batch in loader:
@@ -225,7 +193,7 @@ def train_main(job: TrainJob, ctx) -> Optional[dict]:
         val_batches: Optional[list] = None
         if job.has_val and job.cols is not None:
             val_feed = ctx.get_data_feed(qname_in="val")
-            val_batches = list(_feed_batches(val_feed, local_bs, job.cols))
+            val_batches = list(feed_batches(val_feed, local_bs, job.cols))
         train_loader = val_loader = None
         if job.data_creator is not None:
             train_loader = _sharded_loader(job.data_creator(job.creators.config, local_bs),
@@ -240,7 +208,7 @@ def train_main(job: TrainJob, ctx) -> Optional[dict]:
             model.train()
             if train_loader is not None and hasattr(train_loader.sampler, "set_epoch"):
                 train_loader.sampler.set_epoch(epoch)
-            batches = _feed_batches(feed, local_bs, job.cols) \
+            batches = feed_batches(feed, local_bs, job.cols) \
                 if feed is not None and job.cols is not None else _loader_batches(train_loader)
             loss_sum, n, count, last = 0.0, 0, 0, float("nan")
             with ddp.join():  # workers' batch counts differ: the feed is not padded
@@ -278,9 +246,8 @@ def train_main(job: TrainJob, ctx) -> Optional[dict]:
             history.append(stats)
             if rank == 0:
                 if job.model_dir:
-                    blob = state_to_bytes(make_state(epoch, model, optimizer, scheduler))
-                    for name in (f"epoch={epoch}.ckpt", "last.ckpt"):
-                        write_checkpoint(f"{job.model_dir.rstrip('/')}/{name}", blob)
+                    epoch_checkpoints(job.model_dir, epoch, state_to_bytes(
+                        make_state(epoch, model, optimizer, scheduler)))
                 ctx.report({"stats": stats, "last": epoch == job.first_epoch + job.epochs - 1})
         if rank != 0:
             return None
@@ -292,12 +259,6 @@ def train_main(job: TrainJob, ctx) -> Optional[dict]:
 
 
 # -- evaluate and predict: one Spark task per partition ---------------------------------
-def _chunks(batches: Iterator, size: int) -> Iterator:
-    for batch in batches:
-        for start in range(0, batch.num_rows, size):
-            yield batch.slice(start, size)
-
-
 def evaluate_partition(creators: Creators, blob, metrics, cols: Columns, batch_size: int,
                        batches: Iterator) -> Iterator:
     """One partition's loss and metric statistics, as one JSON row."""
@@ -307,66 +268,25 @@ def evaluate_partition(creators: Creators, blob, metrics, cols: Columns, batch_s
     model, _, loss, _ = creators.build(state_from_bytes(blob.value), train=False)
     model.eval()
     ev = Evaluation(metrics)
-    for batch in _chunks(batches, batch_size):
+    for batch in chunks(batches, batch_size):
         ev.add(model, loss, batch_arrays(batch, cols.features),
                batch_arrays(batch, cols.labels, labels=True))
     yield pa.RecordBatch.from_pydict({"stats": [json.dumps(ev.to_json())]})
 
 
 def predict_arrays(model, xs: List[np.ndarray]) -> np.ndarray:
-    """The model's first output for ``xs``, trailing size-1 dims squeezed (Orca's rule)."""
+    """The model's first output for ``xs``."""
     import torch
     with torch.no_grad():
-        out = _outputs(model(*[torch.from_numpy(x) for x in xs]))[0].detach().numpy()
-    while out.ndim > 1 and out.shape[-1] == 1:
-        out = out[..., 0]
-    return out
+        return _outputs(model(*[torch.from_numpy(x) for x in xs]))[0].detach().numpy()
 
 
-def prediction_array(pred: np.ndarray):
-    """Predictions as an Arrow column: scalars as double, vectors as lists of float."""
-    import pyarrow as pa
-    if pred.ndim == 1:
-        return pa.array(pred.astype(np.float64))
-    flat = pa.array(np.ascontiguousarray(pred, dtype=np.float32).reshape(-1))
-    for width in reversed(pred.shape[1:]):
-        flat = pa.ListArray.from_arrays(
-            pa.array(np.arange(0, len(flat) + 1, width, dtype=np.int32)), flat)
-    return flat
+def predictor(creators: Creators, blob):
+    """In a task: the model with the broadcast state, as ``predict(xs)``."""
+    import functools
 
-
-def predict_partition(creators: Creators, blob, cols: Columns, batch_size: int, output: str,
-                      batches: Iterator) -> Iterator:
-    """A partition's rows with the prediction column added, in order."""
-    import pyarrow as pa
     import torch
     torch.set_num_threads(1)
     model, _, _, _ = creators.build(state_from_bytes(blob.value), train=False)
     model.eval()
-    for batch in _chunks(batches, batch_size):
-        pred = predict_arrays(model, batch_arrays(batch, cols.features))
-        yield pa.RecordBatch.from_arrays(batch.columns + [prediction_array(pred)],
-                                         names=batch.schema.names + [output])
-
-
-def predict_shards(creators: Creators, blob, cols: Columns, batch_size: int,
-                   shards: Iterator) -> Iterator:
-    """Shards with a "prediction" entry (a column of a pandas shard)."""
-    import pandas as pd
-    import torch
-
-    from ..data import shard_batches
-    torch.set_num_threads(1)
-    model, _, _, _ = creators.build(state_from_bytes(blob.value), train=False)
-    model.eval()
-    for shard in shards:
-        preds = [predict_arrays(model, batch_arrays(b, cols.features))
-                 for b in _chunks(shard_batches(Columns(cols.features), iter([shard])),
-                                  batch_size)]
-        pred = np.concatenate(preds) if preds else np.zeros(0)
-        if isinstance(shard, pd.DataFrame):
-            shard = shard.copy()
-            shard["prediction"] = list(pred) if pred.ndim > 1 else pred
-        else:
-            shard = {**shard, "prediction": pred}
-        yield shard
+    return functools.partial(predict_arrays, model)

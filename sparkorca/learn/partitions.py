@@ -1,0 +1,84 @@
+"""What the Estimators' code on the executors shares: an epoch's batches off the
+TFCluster feed, and predict over a partition (a DataFrame's Arrow batches or a
+Shards partition) with whatever model a framework builds.
+
+``predictor`` arguments are functions of no arguments, called once in the task,
+that build the model and return ``predict(xs) -> ndarray`` (its first output).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, List
+
+import numpy as np
+
+from .data import Columns, batch_arrays, shard_batches
+
+Predictor = Callable[[], Callable[[List[np.ndarray]], np.ndarray]]
+
+
+def feed_batches(feed, size: int, cols: Columns) -> Iterator[tuple]:
+    """An epoch's batches off the TFCluster feed: a batch holds ``size`` rows
+    until the epoch's end, where the feed hands out a partial or an empty one."""
+    while True:
+        batch = feed.next_batch_arrow(size)
+        if batch is None or batch.num_rows == 0:
+            return
+        yield (batch_arrays(batch, cols.features),
+               batch_arrays(batch, cols.labels, labels=True))
+        if batch.num_rows < size:
+            return
+
+
+def chunks(batches: Iterator, size: int) -> Iterator:
+    for batch in batches:
+        for start in range(0, batch.num_rows, size):
+            yield batch.slice(start, size)
+
+
+def squeezed(pred: np.ndarray) -> np.ndarray:
+    """Trailing size-1 dims dropped (Orca's rule): one value per row is a scalar."""
+    while pred.ndim > 1 and pred.shape[-1] == 1:
+        pred = pred[..., 0]
+    return pred
+
+
+def prediction_array(pred: np.ndarray):
+    """Predictions as an Arrow column: scalars as double, vectors as lists of float."""
+    import pyarrow as pa
+    if pred.ndim == 1:
+        return pa.array(pred.astype(np.float64))
+    flat = pa.array(np.ascontiguousarray(pred, dtype=np.float32).reshape(-1))
+    for width in reversed(pred.shape[1:]):
+        flat = pa.ListArray.from_arrays(
+            pa.array(np.arange(0, len(flat) + 1, width, dtype=np.int32)), flat)
+    return flat
+
+
+def predict_partition(predictor: Predictor, cols: Columns, batch_size: int, output: str,
+                      batches: Iterator) -> Iterator:
+    """A partition's rows with the prediction column added, in order."""
+    import pyarrow as pa
+    predict = predictor()
+    for batch in chunks(batches, batch_size):
+        pred = squeezed(predict(batch_arrays(batch, cols.features)))
+        yield pa.RecordBatch.from_arrays(batch.columns + [prediction_array(pred)],
+                                         names=batch.schema.names + [output])
+
+
+def predict_shards(predictor: Predictor, cols: Columns, batch_size: int,
+                   shards: Iterator) -> Iterator:
+    """Shards with a "prediction" entry (a column of a pandas shard)."""
+    import pandas as pd
+    predict = predictor()
+    for shard in shards:
+        preds = [squeezed(predict(batch_arrays(b, cols.features)))
+                 for b in chunks(shard_batches(Columns(cols.features), iter([shard])),
+                                 batch_size)]
+        pred = np.concatenate(preds) if preds else np.zeros(0)
+        if isinstance(shard, pd.DataFrame):
+            shard = shard.copy()
+            shard["prediction"] = list(pred) if pred.ndim > 1 else pred
+        else:
+            shard = {**shard, "prediction": pred}
+        yield shard

@@ -1,0 +1,258 @@
+"""What the Estimators share on the Spark backend, on the driver: the running
+context, how many workers and whether their slots exist, fit's data and epoch
+arguments, running the workers as TFCluster nodes fed from the store, and the
+plain Spark jobs of evaluate and predict.
+
+The framework's own parts (its worker's ``map_fun``, how a model is built and its
+state kept) stay in ``learn.pytorch`` and ``learn.tf2``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Any, Callable, List, Optional
+
+from .. import _validate as check
+from .. import context
+from ..errors import InvalidArgumentError, NoContextError, OrcaRuntimeError
+from ..spark.session import is_local_master
+from .data import Columns, check_batch_size, check_epochs, columns_for, feedable, is_creator
+
+FIT_TIMEOUT = 7 * 24 * 3600.0
+
+
+def check_config(config) -> dict:
+    config = {} if config is None else config
+    if not isinstance(config, dict):
+        raise InvalidArgumentError("config", config, "a dict passed to every creator")
+    if "batch_size" in config:
+        raise InvalidArgumentError("config", "a 'batch_size' entry",
+                                   "a config without batch_size: pass fit(batch_size=...)")
+    return dict(config)
+
+
+def check_model_dir(model_dir) -> Optional[str]:
+    if model_dir is not None and not isinstance(model_dir, str):
+        raise InvalidArgumentError("model_dir", model_dir, "None or a directory path or URL")
+    return model_dir
+
+
+@dataclasses.dataclass
+class FitInputs:
+    """fit's arguments, checked: the epochs to train and where the data comes from."""
+
+    first_epoch: int  # the number (1-based) the first trained epoch gets
+    epochs: int  # how many to train
+    batch_size: int  # the global batch
+    cols: Optional[Columns]  # None: data creators
+    data_creator: Optional[Callable]
+    val_creator: Optional[Callable]
+    has_val: bool  # validation data that the feed brings (not a creator)
+
+
+def fit_inputs(data, epochs, batch_size, feature_cols, label_cols, validation_data,
+               initial_epoch, trained_epochs: int) -> FitInputs:
+    """``initial_epoch=k`` (Keras' meaning) trains epochs k+1 .. ``epochs``; without
+    it ``epochs`` more epochs follow the ``trained_epochs`` already done."""
+    epochs = check_epochs(epochs)
+    batch_size = check_batch_size(batch_size)
+    initial_epoch = check.integer("initial_epoch", initial_epoch, minimum=0)
+    if initial_epoch:
+        if initial_epoch >= epochs:
+            raise InvalidArgumentError("initial_epoch", initial_epoch,
+                                       f"an epoch below epochs={epochs}")
+        first, count = initial_epoch + 1, epochs - initial_epoch
+    else:
+        first, count = trained_epochs + 1, epochs
+    creator = is_creator(data)
+    cols: Optional[Columns] = None
+    if creator:
+        if validation_data is not None and not is_creator(validation_data):
+            raise InvalidArgumentError("validation_data", type(validation_data).__name__,
+                                       "a data creator, as data is one")
+    else:
+        cols = columns_for(data, feature_cols, label_cols, need_labels=True)
+        if validation_data is not None:
+            if is_creator(validation_data):
+                raise InvalidArgumentError("validation_data", "a data creator",
+                                           f"the same kind as data ({type(data).__name__})")
+            columns_for(validation_data, feature_cols, label_cols, need_labels=True,
+                        what="validation_data")
+    return FitInputs(first, count, batch_size, cols,
+                     data if creator else None, validation_data if creator else None,
+                     validation_data is not None and not creator)
+
+
+def output_column(output_cols) -> str:
+    """predict's output column: "prediction" unless ``output_cols`` names one."""
+    if output_cols is None:
+        return "prediction"
+    names = [output_cols] if isinstance(output_cols, str) else list(output_cols)
+    if len(names) != 1 or not isinstance(names[0], str):
+        raise InvalidArgumentError("output_cols", output_cols, "one column name")
+    return names[0]
+
+
+class SparkEstimator:
+    """The Spark-backend machinery under ``PyTorchSparkEstimator`` and
+    ``KerasSparkEstimator``: nothing runs between calls (every fit's workers end
+    with it), so ``shutdown`` only refuses later calls."""
+
+    def __init__(self, *, workers_per_node, model_dir, log_to_driver):
+        self.workers_per_node = check.integer("workers_per_node", workers_per_node)
+        self.model_dir = check_model_dir(model_dir)
+        self.log_to_driver = check.boolean("log_to_driver", log_to_driver)
+        self.epoch = 0
+        self._shut = False
+        context.on_stop(self.shutdown)
+
+    def shutdown(self, force: bool = False) -> None:
+        self._shut = True
+
+    # -- where it runs ---------------------------------------------------------
+    def _sc(self):
+        if self._shut:
+            raise OrcaRuntimeError("this Estimator has been shut down")
+        running = context.current()
+        if running is None or running.sc is None:
+            raise NoContextError("the Estimator's spark backend needs a running context: "
+                                 "init_orca_context(...) first")
+        return running.sc
+
+    def _num_workers(self, sc) -> int:
+        from ..spark.session import expected_executors, registered_executors
+        if is_local_master(sc):
+            nodes = 1
+        else:
+            nodes = expected_executors(sc) or registered_executors(sc) or 1
+        return nodes * self.workers_per_node
+
+    def _threads_per_worker(self, sc) -> int:
+        if is_local_master(sc):
+            cores = sc.defaultParallelism
+        else:
+            cores = int(sc.getConf().get("spark.executor.cores", "1"))
+        return max(1, cores // self.workers_per_node)
+
+    def _check_slots(self, sc, n: int) -> None:
+        from ..cluster.driver import task_slots
+        slots = task_slots(sc)
+        if slots is not None and n > slots:
+            raise InvalidArgumentError(
+                "workers_per_node", self.workers_per_node,
+                f"at most {max(1, slots // max(1, n // self.workers_per_node))}: {n} workers "
+                f"need {n} task slots at once and the application has {slots}")
+
+    # -- fit -----------------------------------------------------------------------
+    def _run_workers(self, sc, n: int, main, job_args, inputs: FitInputs, data,
+                     validation_data, progress: "Progress") -> dict:
+        """Run ``main(job_args, ctx)`` on ``n`` TFCluster nodes, store the data on them
+        and replay it ``inputs.epochs`` times; rank 0's result."""
+        from ..cluster import driver
+        from ..cluster.roles import InputMode
+        cols = inputs.cols
+        mode = InputMode.TENSORFLOW if cols is None else InputMode.SPARK
+        queues = ("input", "val") if inputs.has_val else ("input",)
+        cluster = driver.run(sc, main, job_args, num_executors=n, input_mode=mode,
+                             queues=queues, reservation_timeout=600)
+        cluster.server.on_progress = lambda link, body: progress.epoch(body.get("stats", {}))
+        try:
+            if cols is not None:
+                if inputs.has_val:
+                    cluster.feed_stored(feedable(validation_data, cols), 1, FIT_TIMEOUT, "val")
+                cluster.feed_stored(feedable(data, cols, n), inputs.epochs, FIT_TIMEOUT, "input")
+            cluster.shutdown()
+        except BaseException:
+            cluster._stop_nodes()
+            raise
+        finally:
+            progress.close()
+        results = [link.result for link in cluster.server.nodes.values()
+                   if link.result is not None]
+        if not results:
+            raise OrcaRuntimeError("Estimator.fit: the workers ended without rank 0's result")
+        return results[0]
+
+    # -- evaluate / predict: one Spark task per partition ---------------------------
+    @staticmethod
+    def _check_plain_data(data, what: str) -> None:
+        if is_creator(data):
+            raise InvalidArgumentError("data", "a data creator", "a Spark DataFrame or "
+                                       f"sparkorca.data Shards ({what} runs on Spark tasks)")
+
+    @staticmethod
+    def _partition_stats(data, cols: Columns, body) -> List[dict]:
+        """``body(batches)`` on every partition (it yields one JSON "stats" row each)."""
+        fed = feedable(data, cols)
+        if hasattr(fed, "to_arrow_rdd"):
+            rows = fed.to_arrow_rdd().mapPartitions(
+                lambda it: (r for b in body(it) for r in b.column(0).to_pylist())).collect()
+        else:
+            rows = [r.stats for r in fed.mapInArrow(body, "stats string").collect()]
+        return [json.loads(r) for r in rows]
+
+    @staticmethod
+    def _predicted(data, cols: Columns, output: str, frame_body, shards_body,
+                   prediction_type: Callable[[Any], Any]):
+        """``data`` with its predictions (lazy): a DataFrame gets the ``output`` column
+        of ``prediction_type(first_row_batch)``, Shards a "prediction" entry."""
+        from pyspark.sql import DataFrame
+        if isinstance(data, DataFrame):
+            if output in data.columns:
+                raise InvalidArgumentError("output_cols", output,
+                                           f"a name not among the columns {data.columns}")
+            from pyspark.sql.types import DoubleType, StructField, StructType
+            first: Any = data.select(*cols.features).limit(1)
+            batches = first._collect_as_arrow()
+            batches = [b for b in batches if b.num_rows]
+            kind = prediction_type(batches[0]) if batches else DoubleType()
+            # a new schema: StructType.add would change the DataFrame's own
+            schema = StructType(list(data.schema.fields) + [StructField(output, kind)])
+            return data.mapInArrow(frame_body, schema)
+        return data._child(data.rdd.mapPartitions(shards_body))
+
+
+def spark_type_of(pred) -> Any:
+    """The Spark type of a prediction array's rows: double for one value per row,
+    (nested) array<float> for more."""
+    from pyspark.sql.types import ArrayType, DoubleType, FloatType
+    out: Any = DoubleType() if pred.ndim == 1 else FloatType()
+    for _ in range(pred.ndim - 1):
+        out = ArrayType(out)
+    return out
+
+
+_NOT_SHOWN = {"epoch", "num_samples", "batch_count", "steps", "seconds", "samples_per_sec"}
+
+
+class Progress:
+    """One line per epoch on the driver (a tqdm bar with use_tqdm in a terminal)."""
+
+    def __init__(self, last_epoch: int, use_tqdm: bool, quiet: bool = False):
+        self.bar = None
+        self.quiet = quiet
+        if use_tqdm and not quiet:
+            try:
+                from tqdm.auto import tqdm
+                self.bar = tqdm(total=last_epoch, unit="epoch")
+            except ImportError:
+                pass
+
+    def epoch(self, stats: dict) -> None:
+        if self.quiet:
+            return
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in stats.items()
+                          if k not in _NOT_SHOWN and isinstance(v, float))
+        line = (f"epoch {stats.get('epoch')}: {shown}, "
+                f"{stats.get('samples_per_sec', 0):,.0f} samples/s, {stats.get('seconds', 0):.1f}s")
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(shown)
+        else:
+            print(line, file=sys.stdout, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

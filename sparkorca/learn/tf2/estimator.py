@@ -1,0 +1,298 @@
+"""The Keras Estimator on the Spark backend (Orca's ``Estimator.from_keras``).
+
+``fit`` runs one worker per executor x ``workers_per_node`` as a TFCluster node,
+fed like the PyTorch Estimator's (each worker its own executor's partitions,
+stored once, replayed every epoch); the workers train Keras 3 on its torch
+backend with gradients averaged over gloo (see ``worker``). ``evaluate`` and
+``predict`` are plain Spark tasks with the broadcast weights, in whatever Keras
+backend the executors' Python has; metric states are summed exactly.
+
+The driver keeps the weights and the optimizer's variables (``.npz`` bytes)
+between calls; ``get_model`` / ``save`` build the model on the driver.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import logging
+import types
+from typing import Any, Optional
+
+from ... import _validate as check
+from ...errors import InvalidArgumentError
+from .. import checkpoints, partitions
+from ..data import batch_arrays, check_batch_size, columns_for, feedable
+from ..spark_estimator import (
+    Progress,
+    SparkEstimator,
+    check_config,
+    fit_inputs,
+    output_column,
+    spark_type_of,
+)
+from . import worker
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("spark",)
+
+
+def _creator(name: str, value, what: str):
+    if value is None:
+        return None
+    if not isinstance(value, (types.FunctionType, functools.partial)):
+        raise InvalidArgumentError(name, value, f"a function {what}")
+    return value
+
+
+def _suffix(name: str, path) -> str:
+    if not isinstance(path, str) or not path.endswith(worker.SAVED_SUFFIXES):
+        raise InvalidArgumentError(name, path, "a path ending in .keras or .h5 (Keras 3 saves "
+                                   "no other model format)",
+                                   hint="save_checkpoint(path) keeps weights and optimizer "
+                                   "state in any file")
+    return ".h5" if path.endswith(".h5") else ".keras"
+
+
+class KerasSparkEstimator(SparkEstimator):
+    """``Estimator.from_keras(..., backend="spark")``; see ``Estimator``."""
+
+    def __init__(self, *, model_creator=None, config=None, compile_args_creator=None,
+                 workers_per_node=1, model_dir=None, verbose=False, log_to_driver=True):
+        config = check_config(config)
+        self.source = worker.ModelSource(
+            model_creator=_creator("model_creator", model_creator,
+                                   "(config) -> a Keras model (compiled, or compiled with "
+                                   "compile_args_creator)"),
+            compile_args_creator=_creator("compile_args_creator", compile_args_creator,
+                                          "(config) -> dict of Model.compile's arguments"),
+            config=config)
+        self.verbose = verbose
+        self._state: Optional[bytes] = None
+        super().__init__(workers_per_node=workers_per_node, model_dir=model_dir,
+                         log_to_driver=log_to_driver)
+
+    def _has_model(self) -> None:
+        if self.source.model_creator is None and self.source.saved is None:
+            raise InvalidArgumentError("model_creator", None, "a function (config) -> Keras "
+                                       "model, or est.load(path) before this call")
+
+    def _current_state(self) -> bytes:
+        """The driver's copy of the weights (built from the source once)."""
+        if self._state is None:
+            self._has_model()
+            self._state = worker.state_to_bytes(
+                worker.model_state(self.source.build(None), 0))
+        return self._state
+
+    # -- fit ---------------------------------------------------------------------
+    def fit(self, data, epochs=1, batch_size=32, verbose=1, callbacks=None,
+            validation_data=None, class_weight=None, initial_epoch=0, steps_per_epoch=None,
+            validation_steps=None, validation_freq=1, data_config=None, feature_cols=None,
+            label_cols=None) -> dict:
+        """Train with the optimizer, loss and metrics the model was compiled with;
+        Keras' history as a dict of per-epoch lists (``loss``, each metric,
+        ``val_*`` on validated epochs, plus ``num_samples``, ``seconds``,
+        ``samples_per_sec``) with ``epochs`` and ``steps``, as Orca returned it.
+
+        ``batch_size`` is the global batch (each of N workers takes batch_size // N);
+        ``steps_per_epoch`` caps an epoch at that many steps (it ends earlier when
+        the data does); validation reads every row once (``validation_steps`` is
+        accepted and not needed).
+        """
+        self._has_model()
+        if callbacks:
+            raise InvalidArgumentError("callbacks", callbacks, "None",
+                                       hint="Keras callbacks do not run on the workers yet; "
+                                       "per-epoch stats come back from fit() and "
+                                       "checkpoints go to model_dir")
+        if class_weight is not None:
+            raise InvalidArgumentError("class_weight", class_weight, "None")
+        if steps_per_epoch is not None:
+            steps_per_epoch = check.integer("steps_per_epoch", steps_per_epoch)
+        if validation_steps is not None:
+            check.integer("validation_steps", validation_steps)
+        validation_freq = check.integer("validation_freq", validation_freq)
+        if data_config is not None and not isinstance(data_config, dict):
+            raise InvalidArgumentError("data_config", data_config, "None or a dict")
+        inputs = fit_inputs(data, epochs, batch_size, feature_cols, label_cols,
+                            validation_data, initial_epoch, self.epoch)
+        sc = self._sc()
+        n = self._num_workers(sc)
+        self._check_slots(sc, n)
+        source = self.source
+        if data_config:
+            source = worker.ModelSource(**{**vars(source),
+                                           "config": {**source.config, **data_config}})
+        job = worker.KerasJob(
+            source=source, state=self._current_state(), first_epoch=inputs.first_epoch,
+            epochs=inputs.epochs, batch_size=inputs.batch_size, cols=inputs.cols,
+            data_creator=inputs.data_creator, val_creator=inputs.val_creator,
+            has_val=inputs.has_val, model_dir=self.model_dir,
+            threads=self._threads_per_worker(sc), steps_per_epoch=steps_per_epoch,
+            validation_freq=validation_freq)
+        from pyspark import cloudpickle
+
+        # the workers unpickle the job once they have chosen Keras' backend
+        blob = cloudpickle.dumps(job)
+        progress = Progress(inputs.first_epoch + inputs.epochs - 1, False, quiet=not verbose)
+        result = self._run_workers(sc, n, worker.train_main, blob, inputs, data,
+                                   validation_data, progress)
+        self._state = base64.b64decode(result["state"])
+        self.epoch = inputs.first_epoch + inputs.epochs - 1
+        self.worker_digests = result["digests"]
+        return _keras_history(result["history"], epochs, verbose)
+
+    # -- evaluate / predict ----------------------------------------------------
+    def evaluate(self, data, batch_size=32, num_steps=None, verbose=1, sample_weight=None,
+                 callbacks=None, data_config=None, feature_cols=None,
+                 label_cols=None) -> dict:
+        """The compiled loss and metrics over all of ``data``, exactly (metric states
+        summed over the partitions), as Orca named them: ``validation_<name>``."""
+        batch_size = check_batch_size(batch_size)
+        for name, value in (("sample_weight", sample_weight), ("callbacks", callbacks)):
+            if value is not None:
+                raise InvalidArgumentError(name, value, "None")
+        self._check_plain_data(data, "evaluate")
+        cols = columns_for(data, feature_cols, label_cols, need_labels=True)
+        sc = self._sc()
+        blob = sc.broadcast(self._current_state())
+        body = functools.partial(worker.evaluate_partition, self.source, blob, cols,
+                                 batch_size)
+        try:
+            parts = self._partition_stats(data, cols, body)
+        finally:
+            blob.unpersist()
+        model = self.get_model()
+        sample = _first_rows(data, cols)
+        x = worker.model_inputs(batch_arrays(sample, cols.features))
+        y = worker.model_inputs(batch_arrays(sample, cols.labels, labels=True))
+        model.test_on_batch(x, y)  # builds the compiled metrics the states go into
+        results = worker.set_metric_values(
+            model, worker.sum_values([p["metrics"] for p in parts]))
+        return {f"validation_{k}": v for k, v in results.items()}
+
+    def predict(self, data, batch_size=32, verbose=1, steps=None, callbacks=None,
+                data_config=None, feature_cols=None, output_cols=None):
+        """``data`` with its predictions: a DataFrame gets a ``prediction`` column
+        (double for one value per row, array<float> for several), Shards a
+        "prediction" entry; rows stay in order. Lazy, as Spark transformations are."""
+        batch_size = check_batch_size(batch_size)
+        if callbacks is not None:
+            raise InvalidArgumentError("callbacks", callbacks, "None")
+        self._check_plain_data(data, "predict")
+        cols = columns_for(data, feature_cols, None, need_labels=False)
+        output = output_column(output_cols)
+        sc = self._sc()
+        blob = sc.broadcast(self._current_state())
+        predictor = functools.partial(worker.predictor, self.source, blob)
+        return self._predicted(
+            data, cols, output,
+            functools.partial(partitions.predict_partition, predictor, cols, batch_size, output),
+            functools.partial(partitions.predict_shards, predictor, cols, batch_size),
+            lambda batch: spark_type_of(partitions.squeezed(worker.predict_arrays(
+                self.get_model(), batch_arrays(batch, cols.features)))))
+
+    # -- the model ----------------------------------------------------------------
+    def get_model(self, set_weights: bool = True):
+        """The Keras model (in the driver's Keras backend) with the trained weights
+        and optimizer state."""
+        self._has_model()
+        state = worker.state_from_bytes(self._current_state()) if set_weights else None
+        return self.source.build(state)
+
+    def save(self, filepath: str, overwrite: bool = True, include_optimizer: bool = True,
+             **kwargs) -> str:
+        """The model as a Keras file (``.keras`` or ``.h5``), on any fsspec path."""
+        suffix = _suffix("filepath", filepath)
+        if not overwrite:
+            import fsspec
+            fs, _, (found,) = fsspec.get_fs_token_paths(filepath)
+            if fs.exists(found):
+                raise InvalidArgumentError("filepath", filepath, "a path that does not exist "
+                                           "(overwrite=False)")
+        if suffix == ".h5":
+            kwargs["include_optimizer"] = include_optimizer
+        checkpoints.write_bytes(filepath, worker.save_to_bytes(self.get_model(), suffix,
+                                                               **kwargs))
+        return filepath
+
+    def load(self, filepath: str, custom_objects=None, compile: bool = True) -> None:
+        """A model ``save`` wrote (or any Keras 3 ``.keras`` / ``.h5`` file): its
+        weights and optimizer state; without a model_creator the file also builds
+        the workers' models."""
+        suffix = _suffix("filepath", filepath)
+        blob = checkpoints.read_bytes(filepath, "filepath", "a Keras model file")
+        model = worker.load_saved(blob, suffix, custom_objects=custom_objects,
+                                  compile=compile)
+        if self.source.model_creator is None:
+            self.source.saved, self.source.saved_suffix = blob, suffix
+        self._state = worker.state_to_bytes(worker.model_state(model, self.epoch))
+
+    def save_weights(self, filepath: str, overwrite: bool = True, **kwargs) -> str:
+        """Keras' ``save_weights`` (a ``.weights.h5`` file), on any fsspec path."""
+        import os
+        import tempfile
+        if not isinstance(filepath, str) or not filepath.endswith(".weights.h5"):
+            raise InvalidArgumentError("filepath", filepath, "a path ending in .weights.h5")
+        with tempfile.TemporaryDirectory(prefix="sparkorca-keras-") as tmp:
+            local = os.path.join(tmp, "model.weights.h5")
+            self.get_model().save_weights(local)
+            with open(local, "rb") as f:
+                checkpoints.write_bytes(filepath, f.read())
+        return filepath
+
+    def load_weights(self, filepath: str, **kwargs) -> None:
+        import os
+        import tempfile
+        blob = checkpoints.read_bytes(filepath, "filepath", "a file save_weights() wrote")
+        model = self.get_model(set_weights=False)
+        with tempfile.TemporaryDirectory(prefix="sparkorca-keras-") as tmp:
+            local = os.path.join(tmp, "model.weights.h5")
+            with open(local, "wb") as f:
+                f.write(blob)
+            model.load_weights(local, **kwargs)
+        self._state = worker.state_to_bytes(worker.model_state(model, self.epoch))
+
+    def save_checkpoint(self, filepath: str) -> str:
+        """Weights, optimizer variables and the epoch (``.npz``), any fsspec path."""
+        checkpoints.write_bytes(filepath, self._current_state())
+        return filepath
+
+    def load_checkpoint(self, filepath: str) -> None:
+        blob = checkpoints.read_bytes(filepath, "filepath", "a file save_checkpoint() or a "
+                                      "fit with model_dir wrote")
+        try:
+            state = worker.state_from_bytes(blob)
+        except Exception:
+            raise InvalidArgumentError("filepath", filepath, "a file save_checkpoint() "
+                                       "or a fit with model_dir wrote") from None
+        self._state = blob
+        self.epoch = state.epoch
+
+    latest_checkpoint = staticmethod(checkpoints.latest_checkpoint)
+
+
+def _first_rows(data, cols) -> Any:
+    """An Arrow batch of ``data``'s first row (features and labels)."""
+    from pyspark.sql import DataFrame
+    if isinstance(data, DataFrame):
+        first: Any = data.select(*(cols.features + cols.labels)).limit(1)
+        batches = [b for b in first._collect_as_arrow() if b.num_rows]
+    else:
+        batches = feedable(data, cols).to_arrow_rdd().filter(lambda b: b.num_rows).take(1)
+    if not batches:
+        raise InvalidArgumentError("data", "no rows", "data with at least one row")
+    return batches[0].slice(0, 1)
+
+
+def _keras_history(per_epoch: list, epochs: int, verbose) -> dict:
+    """Orca's fit result: Keras' History params and its per-epoch lists."""
+    out: dict = {"verbose": verbose, "epochs": epochs,
+                 "steps": per_epoch[-1]["steps"] if per_epoch else 0}
+    for stats in per_epoch:
+        for key, value in stats.items():
+            if key not in ("epoch", "steps"):
+                out.setdefault(key, []).append(value)
+    return out

@@ -1,0 +1,129 @@
+"""The Keras Estimator on the Spark backend, real Spark (local-cluster[2,1,1024],
+two workers) and real Keras 3 (the workers on its torch backend, the driver and the
+evaluate / predict tasks on TensorFlow's), on scikit-learn's digits."""
+
+import sys
+
+import numpy as np
+import pytest
+from conftest import QUIET, shared_context
+from pyspark import cloudpickle
+
+from sparkorca import OrcaContext
+
+tf = pytest.importorskip("tensorflow")
+pytest.importorskip("torch")
+
+from sparkorca.learn.tf2 import Estimator  # noqa: E402
+
+pytestmark = pytest.mark.engine
+
+# creators travel by value: executors cannot import this test module
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+shared_sc = shared_context(cluster_mode="local-cluster", num_nodes=2, cores=1, memory="1g",
+                           conf=QUIET)
+
+
+def uncompiled(config):
+    import keras
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, activation="relu"),
+                             keras.layers.Dense(10, activation="softmax")])
+
+
+def compile_args(config):
+    import keras
+    return {"optimizer": keras.optimizers.Adam(config.get("lr", 0.01)),
+            "loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}
+
+
+def model_creator(config):
+    # an Orca program's creator: tf.keras, compiled there
+    model = uncompiled(config)
+    model.compile(**compile_args(config))
+    return model
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    return train_test_split(x, y, test_size=0.25, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def frames(shared_sc, digits):
+    spark = OrcaContext.get_spark_session()
+    x_train, x_test, y_train, y_test = digits
+
+    def frame(x, y, parts):
+        rows = [(i, x[i].tolist(), int(y[i])) for i in range(len(y))]
+        return spark.createDataFrame(rows, "id long, features array<double>, label long") \
+            .repartition(parts).cache()
+    # three partitions for two workers: uneven data, so one worker idles at the end
+    return frame(x_train, y_train, 3), frame(x_test, y_test, 2)
+
+
+COLS = {"feature_cols": ["features"], "label_cols": ["label"]}
+
+
+def test_fit_evaluate_predict_save_load_on_a_dataframe(frames, tmp_path, capsys):
+    import keras
+    train, test = frames
+    est = Estimator.from_keras(model_creator=model_creator, config={"lr": 0.01},
+                               model_dir=str(tmp_path / "ckpt"))
+    history = est.fit(train, epochs=3, batch_size=64, validation_data=test, **COLS)
+    assert history["epochs"] == 3 and len(history["loss"]) == 3
+    assert history["num_samples"] == [train.count()] * 3  # every row, every epoch
+    assert history["loss"][-1] < history["loss"][0]
+    assert len(history["val_accuracy"]) == 3 and "accuracy" in history
+    assert "epoch 3:" in capsys.readouterr().out
+    # the proof of synchronous training: every worker ends with the same weights
+    assert len(est.worker_digests) == 2 and len(set(est.worker_digests)) == 1
+
+    result = est.evaluate(test, batch_size=128, **COLS)
+    assert result["validation_accuracy"] >= 0.9, result
+    assert result["validation_accuracy"] == pytest.approx(history["val_accuracy"][-1])
+    assert result["validation_loss"] == pytest.approx(history["val_loss"][-1], rel=1e-4)
+
+    pred = est.predict(test, feature_cols=["features"]).collect()
+    assert [r.id for r in pred] == [r.id for r in test.collect()]  # one per row, in order
+    hits = [int(np.argmax(r.prediction)) == r.label for r in pred]
+    assert sum(hits) / len(hits) == pytest.approx(result["validation_accuracy"])
+
+    path = str(tmp_path / "model.keras")
+    est.save(path)
+    again = Estimator.from_keras()  # no creator: the file builds the model
+    again.load(path)
+    assert again.evaluate(test, batch_size=128, **COLS) == pytest.approx(result)
+    assert isinstance(again.get_model(), keras.Model)
+
+    # checkpoints every epoch; resume from one
+    assert (tmp_path / "ckpt" / "epoch=2.ckpt").exists()
+    resumed = Estimator.from_keras(model_creator=model_creator)
+    resumed.load_checkpoint(Estimator.latest_checkpoint(str(tmp_path / "ckpt")))
+    more = resumed.fit(train, epochs=4, batch_size=64, initial_epoch=3, verbose=0, **COLS)
+    assert len(more["loss"]) == 1 and more["loss"][0] <= history["loss"][-1] * 1.5
+
+
+def test_shards_and_a_tf_data_creator(digits, shared_sc):
+    from sparkorca.data import XShards
+    x_train, x_test, y_train, y_test = digits
+    est = Estimator.from_keras(model_creator=uncompiled, compile_args_creator=compile_args)
+    est.fit(XShards.partition({"x": x_train, "y": y_train}, num_shards=2), epochs=3,
+            batch_size=64, verbose=0)
+    result = est.evaluate(XShards.partition({"x": x_test, "y": y_test}, num_shards=2))
+    assert result["validation_accuracy"] >= 0.85, result
+
+    def dataset(config, batch_size):
+        import tensorflow as tf
+        return tf.data.Dataset.from_tensor_slices((x_train, y_train)).batch(batch_size)
+    by_creator = Estimator.from_keras(model_creator=model_creator)
+    history = by_creator.fit(dataset, epochs=3, batch_size=64, validation_data=dataset,
+                             verbose=0)
+    assert history["num_samples"][-1] == len(y_train)
+    assert history["val_accuracy"][-1] >= 0.85, history
+    assert len(set(by_creator.worker_digests)) == 1
