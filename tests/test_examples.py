@@ -51,6 +51,18 @@ def test_orca_pytorch_estimator_program_runs_with_imports_changed_only(tmp_path)
     assert accuracy >= 0.9, out
 
 
+def test_orca_keras_estimator_program_runs_with_imports_changed_only(tmp_path):
+    """Creators of tf.data datasets, Orca's step counts, two workers."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("torch")
+    out = _run_example("orca_keras_estimator.py", tmp_path, "--cluster-mode", "local-cluster")
+    assert "evaluate: {'validation_loss':" in out and "saved: ['digits.keras']" in out
+    val_accuracy = float(out.split("'validation_accuracy': ")[1].split("}")[0])
+    assert val_accuracy >= 0.9, out
+    accuracy = float(out.split("holdout accuracy ")[1].split()[0])
+    assert accuracy == pytest.approx(val_accuracy, abs=1e-3), out
+
+
 @pytest.mark.slow
 def test_rllib_ppo_cartpole_reaches_a_low_reward_target(tmp_path):
     """RLlib (pip install -e '.[test,rllib]') tuning PPO inside Spark: three trials;

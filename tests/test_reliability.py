@@ -139,10 +139,10 @@ def _assert_no_growth(rows, ray_cycles):
     assert max(secs for secs, _ in rows) <= 2 * first, [round(s, 1) for s, _ in rows]
 
 
-def test_twelve_ray_on_spark_contexts_in_one_process_do_not_grow():
+def test_nine_ray_on_spark_contexts_in_one_process_do_not_grow():
     import ray
     rows, baseline, py_threads = [], _children(), threading.active_count()
-    for _ in range(12):
+    for _ in range(9):
         start = time.monotonic()
         sc = init_orca_context(cluster_mode="local", cores=1, memory="1g",
                                init_ray_on_spark=True, conf=QUIET)

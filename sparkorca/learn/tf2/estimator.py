@@ -22,8 +22,9 @@ from typing import Any, Optional
 from ... import _validate as check
 from ...errors import InvalidArgumentError
 from .. import checkpoints, partitions
-from ..data import batch_arrays, check_batch_size, columns_for, feedable
+from ..data import batch_arrays, check_batch_size, columns_for, feedable, is_creator
 from ..spark_estimator import (
+    FitInputs,
     Progress,
     SparkEstimator,
     check_config,
@@ -121,17 +122,7 @@ class KerasSparkEstimator(SparkEstimator):
         sc = self._sc()
         n = self._num_workers(sc)
         self._check_slots(sc, n)
-        source = self.source
-        if data_config:
-            source = worker.ModelSource(**{**vars(source),
-                                           "config": {**source.config, **data_config}})
-        job = worker.KerasJob(
-            source=source, state=self._current_state(), first_epoch=inputs.first_epoch,
-            epochs=inputs.epochs, batch_size=inputs.batch_size, cols=inputs.cols,
-            data_creator=inputs.data_creator, val_creator=inputs.val_creator,
-            has_val=inputs.has_val, model_dir=self.model_dir,
-            threads=self._threads_per_worker(sc), steps_per_epoch=steps_per_epoch,
-            validation_freq=validation_freq)
+        job = self._job(inputs, sc, data_config, steps_per_epoch, validation_freq)
         from pyspark import cloudpickle
 
         # the workers unpickle the job once they have chosen Keras' backend
@@ -149,12 +140,15 @@ class KerasSparkEstimator(SparkEstimator):
                  callbacks=None, data_config=None, feature_cols=None,
                  label_cols=None) -> dict:
         """The compiled loss and metrics over all of ``data``, exactly (metric states
-        summed over the partitions), as Orca named them: ``validation_<name>``."""
+        summed over the partitions), as Orca named them: ``validation_<name>``. A
+        DataFrame or Shards is evaluated by Spark tasks, a data creator's data by the
+        workers (each its share; ``num_steps`` is accepted, every row is read)."""
         batch_size = check_batch_size(batch_size)
         for name, value in (("sample_weight", sample_weight), ("callbacks", callbacks)):
             if value is not None:
                 raise InvalidArgumentError(name, value, "None")
-        self._check_plain_data(data, "evaluate")
+        if is_creator(data):
+            return self._evaluate_on_workers(data, batch_size, data_config)
         cols = columns_for(data, feature_cols, label_cols, need_labels=True)
         sc = self._sc()
         blob = sc.broadcast(self._current_state())
@@ -172,6 +166,34 @@ class KerasSparkEstimator(SparkEstimator):
         results = worker.set_metric_values(
             model, worker.sum_values([p["metrics"] for p in parts]))
         return {f"validation_{k}": v for k, v in results.items()}
+
+    def _evaluate_on_workers(self, creator, batch_size: int, data_config) -> dict:
+        """evaluate(data creator): the creator's data is on the workers, so they
+        evaluate it there (each its share), as fit's validation does."""
+        self._has_model()
+        sc = self._sc()
+        n = self._num_workers(sc)
+        self._check_slots(sc, n)
+        inputs = FitInputs(self.epoch + 1, 0, batch_size, None, None, creator, False)
+        job = self._job(inputs, sc, data_config, None, 1, evaluate_only=True)
+        from pyspark import cloudpickle
+        result = self._run_workers(sc, n, worker.train_main, cloudpickle.dumps(job), inputs,
+                                   None, None, Progress(0, False, quiet=True))
+        return {f"validation_{k}": v for k, v in result["results"].items()}
+
+    def _job(self, inputs: FitInputs, sc, data_config, steps_per_epoch, validation_freq,
+             evaluate_only: bool = False) -> worker.KerasJob:
+        source = self.source
+        if data_config:
+            source = worker.ModelSource(**{**vars(source),
+                                           "config": {**source.config, **data_config}})
+        return worker.KerasJob(
+            source=source, state=self._current_state(), first_epoch=inputs.first_epoch,
+            epochs=inputs.epochs, batch_size=inputs.batch_size, cols=inputs.cols,
+            data_creator=inputs.data_creator, val_creator=inputs.val_creator,
+            has_val=inputs.has_val, model_dir=self.model_dir,
+            threads=self._threads_per_worker(sc), steps_per_epoch=steps_per_epoch,
+            validation_freq=validation_freq, evaluate_only=evaluate_only)
 
     def predict(self, data, batch_size=32, verbose=1, steps=None, callbacks=None,
                 data_config=None, feature_cols=None, output_cols=None):

@@ -138,6 +138,7 @@ class KerasJob:
     threads: int
     steps_per_epoch: Optional[int]
     validation_freq: int
+    evaluate_only: bool = False  # evaluate(data creator): val_creator's data, no training
 
 
 # -- a model on batches ---------------------------------------------------------------
@@ -288,6 +289,14 @@ def _feed_epoch(feed, local_bs: int, cols: Columns) -> Iterator[tuple]:
         yield model_inputs(xs), model_inputs(ys)
 
 
+def _evaluated(model, batches: Callable[[], Iterator[tuple]], rank: int) -> dict:
+    """The compiled loss and metrics over every worker's batches, exactly."""
+    model.reset_metrics()
+    n = _evaluate_batches(model, batches())
+    parts = gather_json({"n": n, "metrics": metric_values(model)})
+    return set_metric_values(model, sum_values([p["metrics"] for p in parts]))
+
+
 def weights_digest(model) -> str:
     digest = hashlib.sha256()
     for w in model.get_weights():
@@ -328,13 +337,16 @@ def _train(job: KerasJob, ctx, rank: int, world: int) -> Optional[dict]:
     if job.has_val and job.cols is not None:
         stored = list(_feed_epoch(ctx.get_data_feed(qname_in="val"), local_bs, job.cols))
         val = lambda: iter(stored)  # noqa: E731
+    if job.val_creator is not None:
+        val = _creator_batches(job.val_creator, job.source.config, job.batch_size,
+                               local_bs, rank, world)
+    if job.evaluate_only:
+        assert val is not None
+        return {"results": _evaluated(model, val, rank)}
     train: Callable[[], Iterator[tuple]]
     if job.data_creator is not None:
         train = _creator_batches(job.data_creator, job.source.config, job.batch_size,
                                  local_bs, rank, world)
-        if job.val_creator is not None:
-            val = _creator_batches(job.val_creator, job.source.config, job.batch_size,
-                                   local_bs, rank, world)
     else:
         assert job.cols is not None
         feed, cols = ctx.get_data_feed(), job.cols
@@ -367,11 +379,7 @@ def _train(job: KerasJob, ctx, rank: int, world: int) -> Optional[dict]:
             model, sum_values([p["metrics"] for p in parts])), "num_samples": total,
             "steps": steps}
         if val is not None and (epoch % job.validation_freq == 0 or epoch == last):
-            model.reset_metrics()
-            n_val = _evaluate_batches(model, val())
-            parts = gather_json({"n": n_val, "metrics": metric_values(model)})
-            results = set_metric_values(model, sum_values([p["metrics"] for p in parts]))
-            stats.update({f"val_{k}": v for k, v in results.items()})
+            stats.update({f"val_{k}": v for k, v in _evaluated(model, val, rank).items()})
         seconds = time.monotonic() - start
         stats["seconds"] = seconds
         stats["samples_per_sec"] = total / seconds if seconds else 0.0

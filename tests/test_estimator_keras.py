@@ -109,21 +109,15 @@ def test_fit_evaluate_predict_save_load_on_a_dataframe(frames, tmp_path, capsys)
     assert len(more["loss"]) == 1 and more["loss"][0] <= history["loss"][-1] * 1.5
 
 
-def test_shards_and_a_tf_data_creator(digits, shared_sc):
+def test_shards_and_an_uncompiled_model(digits, shared_sc):
+    """Dict Shards; the model compiled by compile_args_creator. Data creators are
+    the example program's (tests/test_examples.py)."""
     from sparkorca.data import XShards
     x_train, x_test, y_train, y_test = digits
     est = Estimator.from_keras(model_creator=uncompiled, compile_args_creator=compile_args)
-    est.fit(XShards.partition({"x": x_train, "y": y_train}, num_shards=2), epochs=3,
-            batch_size=64, verbose=0)
+    history = est.fit(XShards.partition({"x": x_train, "y": y_train}, num_shards=2),
+                      epochs=3, batch_size=64, verbose=0)
+    assert history["num_samples"][-1] == len(y_train)
+    assert len(set(est.worker_digests)) == 1
     result = est.evaluate(XShards.partition({"x": x_test, "y": y_test}, num_shards=2))
     assert result["validation_accuracy"] >= 0.85, result
-
-    def dataset(config, batch_size):
-        import tensorflow as tf
-        return tf.data.Dataset.from_tensor_slices((x_train, y_train)).batch(batch_size)
-    by_creator = Estimator.from_keras(model_creator=model_creator)
-    history = by_creator.fit(dataset, epochs=3, batch_size=64, validation_data=dataset,
-                             verbose=0)
-    assert history["num_samples"][-1] == len(y_train)
-    assert history["val_accuracy"][-1] >= 0.85, history
-    assert len(set(by_creator.worker_digests)) == 1
