@@ -141,6 +141,31 @@ def _stop_the_kept_context():
 
 
 @pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits, scaled to [0, 1]: x_train, x_test, y_train, y_test."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    x, y = load_digits(return_X_y=True)
+    return train_test_split((x / 16.0).astype(np.float64), y, test_size=0.25, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def frames(shared_sc, digits):
+    """The digits as cached DataFrames (id, features array<double>, label) on the
+    module's shared context: train in three partitions (uneven for two workers),
+    test in two."""
+    spark = OrcaContext.get_spark_session()
+    x_train, x_test, y_train, y_test = digits
+
+    def frame(x, y, parts):
+        rows = [(i, x[i].tolist(), int(y[i])) for i in range(len(y))]
+        return spark.createDataFrame(rows, "id long, features array<double>, label long") \
+            .repartition(parts).cache()
+    return frame(x_train, y_train, 3), frame(x_test, y_test, 2)
+
+
+@pytest.fixture(scope="session")
 def standalone_cluster():
     """A real Spark standalone master and two 1-core workers on 127.0.0.1."""
     cluster = LocalStandaloneCluster(num_workers=2, cores=1, memory_mb=1024).start()

@@ -8,7 +8,6 @@ import pytest
 from conftest import QUIET, shared_context
 from pyspark import cloudpickle
 
-from sparkorca import OrcaContext
 from sparkorca.errors import InvalidArgumentError, OrcaRuntimeError
 
 torch = pytest.importorskip("torch")
@@ -39,28 +38,6 @@ def estimator(**kwargs):
     return Estimator.from_torch(model=model_creator, optimizer=optimizer_creator,
                                 loss=nn.CrossEntropyLoss(), metrics=[Accuracy()],
                                 config={"lr": 0.01}, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float64)
-    return train_test_split(x, y, test_size=0.25, random_state=0)
-
-
-@pytest.fixture(scope="module")
-def frames(shared_sc, digits):
-    spark = OrcaContext.get_spark_session()
-    x_train, x_test, y_train, y_test = digits
-
-    def frame(x, y, parts):
-        rows = [(i, x[i].tolist(), int(y[i])) for i in range(len(y))]
-        return spark.createDataFrame(rows, "id long, features array<double>, label long") \
-            .repartition(parts).cache()
-    train, test = frame(x_train, y_train, 3), frame(x_test, y_test, 2)
-    return train, test
 
 
 def test_fit_evaluate_predict_save_load_on_a_dataframe(frames, tmp_path, capsys):

@@ -9,8 +9,6 @@ import pytest
 from conftest import QUIET, shared_context
 from pyspark import cloudpickle
 
-from sparkorca import OrcaContext
-
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("torch")
 
@@ -43,28 +41,6 @@ def model_creator(config):
     model = uncompiled(config)
     model.compile(**compile_args(config))
     return model
-
-
-@pytest.fixture(scope="module")
-def digits():
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    return train_test_split(x, y, test_size=0.25, random_state=0)
-
-
-@pytest.fixture(scope="module")
-def frames(shared_sc, digits):
-    spark = OrcaContext.get_spark_session()
-    x_train, x_test, y_train, y_test = digits
-
-    def frame(x, y, parts):
-        rows = [(i, x[i].tolist(), int(y[i])) for i in range(len(y))]
-        return spark.createDataFrame(rows, "id long, features array<double>, label long") \
-            .repartition(parts).cache()
-    # three partitions for two workers: uneven data, so one worker idles at the end
-    return frame(x_train, y_train, 3), frame(x_test, y_test, 2)
 
 
 COLS = {"feature_cols": ["features"], "label_cols": ["label"]}

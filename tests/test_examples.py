@@ -59,8 +59,9 @@ def test_orca_keras_estimator_program_runs_with_imports_changed_only(tmp_path):
     assert "evaluate: {'validation_loss':" in out and "saved: ['digits.keras']" in out
     val_accuracy = float(out.split("'validation_accuracy': ")[1].split("}")[0])
     assert val_accuracy >= 0.9, out
+    # evaluate read num_steps=7 batches of 64 (448 rows), predict all 450
     accuracy = float(out.split("holdout accuracy ")[1].split()[0])
-    assert accuracy == pytest.approx(val_accuracy, abs=1e-3), out
+    assert accuracy == pytest.approx(val_accuracy, abs=0.01), out
 
 
 @pytest.mark.slow

@@ -113,7 +113,7 @@ class KerasSparkEstimator(SparkEstimator):
         if steps_per_epoch is not None:
             steps_per_epoch = check.integer("steps_per_epoch", steps_per_epoch)
         if validation_steps is not None:
-            check.integer("validation_steps", validation_steps)
+            validation_steps = check.integer("validation_steps", validation_steps)
         validation_freq = check.integer("validation_freq", validation_freq)
         if data_config is not None and not isinstance(data_config, dict):
             raise InvalidArgumentError("data_config", data_config, "None or a dict")
@@ -122,7 +122,8 @@ class KerasSparkEstimator(SparkEstimator):
         sc = self._sc()
         n = self._num_workers(sc)
         self._check_slots(sc, n)
-        job = self._job(inputs, sc, data_config, steps_per_epoch, validation_freq)
+        job = self._job(inputs, sc, data_config, steps_per_epoch, validation_freq,
+                        validation_steps=validation_steps if inputs.val_creator else None)
         from pyspark import cloudpickle
 
         # the workers unpickle the job once they have chosen Keras' backend
@@ -148,7 +149,9 @@ class KerasSparkEstimator(SparkEstimator):
             if value is not None:
                 raise InvalidArgumentError(name, value, "None")
         if is_creator(data):
-            return self._evaluate_on_workers(data, batch_size, data_config)
+            if num_steps is not None:
+                num_steps = check.integer("num_steps", num_steps)
+            return self._evaluate_on_workers(data, batch_size, data_config, num_steps)
         cols = columns_for(data, feature_cols, label_cols, need_labels=True)
         sc = self._sc()
         blob = sc.broadcast(self._current_state())
@@ -167,7 +170,7 @@ class KerasSparkEstimator(SparkEstimator):
             model, worker.sum_values([p["metrics"] for p in parts]))
         return {f"validation_{k}": v for k, v in results.items()}
 
-    def _evaluate_on_workers(self, creator, batch_size: int, data_config) -> dict:
+    def _evaluate_on_workers(self, creator, batch_size: int, data_config, num_steps) -> dict:
         """evaluate(data creator): the creator's data is on the workers, so they
         evaluate it there (each its share), as fit's validation does."""
         self._has_model()
@@ -175,14 +178,15 @@ class KerasSparkEstimator(SparkEstimator):
         n = self._num_workers(sc)
         self._check_slots(sc, n)
         inputs = FitInputs(self.epoch + 1, 0, batch_size, None, None, creator, False)
-        job = self._job(inputs, sc, data_config, None, 1, evaluate_only=True)
+        job = self._job(inputs, sc, data_config, None, 1, evaluate_only=True,
+                        validation_steps=num_steps)
         from pyspark import cloudpickle
         result = self._run_workers(sc, n, worker.train_main, cloudpickle.dumps(job), inputs,
                                    None, None, Progress(0, False, quiet=True))
         return {f"validation_{k}": v for k, v in result["results"].items()}
 
     def _job(self, inputs: FitInputs, sc, data_config, steps_per_epoch, validation_freq,
-             evaluate_only: bool = False) -> worker.KerasJob:
+             evaluate_only: bool = False, validation_steps=None) -> worker.KerasJob:
         source = self.source
         if data_config:
             source = worker.ModelSource(**{**vars(source),
@@ -193,7 +197,8 @@ class KerasSparkEstimator(SparkEstimator):
             data_creator=inputs.data_creator, val_creator=inputs.val_creator,
             has_val=inputs.has_val, model_dir=self.model_dir,
             threads=self._threads_per_worker(sc), steps_per_epoch=steps_per_epoch,
-            validation_freq=validation_freq, evaluate_only=evaluate_only)
+            validation_freq=validation_freq, evaluate_only=evaluate_only,
+            validation_steps=validation_steps)
 
     def predict(self, data, batch_size=32, verbose=1, steps=None, callbacks=None,
                 data_config=None, feature_cols=None, output_cols=None):
@@ -250,6 +255,7 @@ class KerasSparkEstimator(SparkEstimator):
                                   compile=compile)
         if self.source.model_creator is None:
             self.source.saved, self.source.saved_suffix = blob, suffix
+            self.source.custom_objects, self.source.compile_saved = custom_objects, compile
         self._state = worker.state_to_bytes(worker.model_state(model, self.epoch))
 
     def save_weights(self, filepath: str, overwrite: bool = True, **kwargs) -> str:

@@ -79,6 +79,12 @@ def restore(model, state: KerasState) -> None:
             optimizer.build(model.trainable_variables)
         if len(optimizer.variables) == len(state.optimizer):
             optimizer.load_own_variables({str(i): v for i, v in enumerate(state.optimizer)})
+        else:
+            import logging
+            logging.getLogger(__name__).warning(
+                "the optimizer's state was not restored: it has %d variables, the saved "
+                "state %d (a different optimizer?)", len(optimizer.variables),
+                len(state.optimizer))
 
 
 def load_saved(blob: bytes, suffix: str, custom_objects=None, compile: bool = True):
@@ -109,13 +115,16 @@ class ModelSource:
     config: dict
     saved: Optional[bytes] = None
     saved_suffix: str = ".keras"
+    custom_objects: Optional[dict] = None
+    compile_saved: bool = True
 
     def build(self, state: Optional[KerasState]):
         if self.model_creator is not None:
             model = self.model_creator(self.config)
         else:
             assert self.saved is not None  # the Estimator checks it has one or the other
-            model = load_saved(self.saved, self.saved_suffix)
+            model = load_saved(self.saved, self.saved_suffix, self.custom_objects,
+                               self.compile_saved)
         if not getattr(model, "compiled", False) and self.compile_args_creator is not None:
             model.compile(**self.compile_args_creator(self.config))
         if state is not None:
@@ -139,6 +148,7 @@ class KerasJob:
     steps_per_epoch: Optional[int]
     validation_freq: int
     evaluate_only: bool = False  # evaluate(data creator): val_creator's data, no training
+    validation_steps: Optional[int] = None  # a cap for a creator's (maybe endless) dataset
 
 
 # -- a model on batches ---------------------------------------------------------------
@@ -154,17 +164,14 @@ def rows_of(x) -> int:
 
 
 def metric_values(model) -> dict:
-    """The model's metric states (path -> flat float64 list): sums of them over
-    workers or partitions are the states of all the data."""
+    """The model's metric states (position -> flat float64 list): sums of them over
+    workers or partitions are the states of all the data. Keyed by position, not by
+    path: unnamed metrics get process-dependent names (auc_1, ...); a model whose
+    compiled metrics are not built yet (it saw no batch) has a prefix of the list."""
     import keras
-    out = {}
-    for v in model.metrics_variables:
-        key = v.path
-        while key in out:
-            key += "'"
-        out[key] = np.asarray(keras.ops.convert_to_numpy(v.value),
-                              dtype=np.float64).reshape(-1).tolist()
-    return out
+    return {str(i): np.asarray(keras.ops.convert_to_numpy(v.value),
+                               dtype=np.float64).reshape(-1).tolist()
+            for i, v in enumerate(model.metrics_variables)}
 
 
 def sum_values(parts: List[dict]) -> dict:
@@ -179,20 +186,39 @@ def sum_values(parts: List[dict]) -> dict:
 
 
 def set_metric_values(model, values: dict) -> dict:
-    """Assign summed states and read the metrics' results (name -> float or list)."""
-    seen: dict = {}
-    for v in model.metrics_variables:
-        key = v.path
-        while key in seen:
-            key += "'"
-        seen[key] = True
-        if key in values:
-            v.assign(np.asarray(values[key], dtype=v.dtype).reshape(v.shape))
+    """Assign summed states and read the built metrics' results (name -> float or
+    list)."""
+    for i, v in enumerate(model.metrics_variables):
+        if str(i) in values:
+            v.assign(np.asarray(values[str(i)], dtype=v.dtype).reshape(v.shape))
     out = {}
-    for name, value in model.get_metrics_result().items():
-        arr = np.asarray(value, dtype=np.float64)
-        out[name] = float(arr) if arr.ndim == 0 else arr.tolist()
+    for metric in model.metrics:
+        if not getattr(metric, "built", True) or not metric.variables:
+            continue  # a worker that saw no batch: rank 0's stats come from its own
+        result = metric.result()
+        for name, value in (result.items() if isinstance(result, dict)
+                            else [(metric.name, result)]):
+            arr = np.asarray(value, dtype=np.float64)
+            out[name] = float(arr) if arr.ndim == 0 else arr.tolist()
     return out
+
+
+def sync_non_trainable(model) -> None:
+    """Average the non-trainable float weights (BatchNormalization's moving
+    statistics, which each worker updates from its own data) over the workers."""
+    import torch
+    import torch.distributed as dist
+    weights = [w for w in model.non_trainable_weights if "float" in str(w.dtype)]
+    if not weights:
+        return
+    buf = torch.cat([w.value.detach().reshape(-1).to(torch.float64) for w in weights])
+    dist.all_reduce(buf)
+    buf /= dist.get_world_size()
+    at = 0
+    for w in weights:
+        size = w.value.numel()
+        w.assign(buf[at:at + size].reshape(w.value.shape).to(w.value.dtype))
+        at += size
 
 
 def _train_batch(model, first: bool, x, y) -> None:
@@ -260,16 +286,27 @@ class GradientSync:
 
 
 def _creator_batches(creator, config: dict, batch_size: int, local_bs: int, rank: int,
-                     world: int) -> Callable[[], Iterator[tuple]]:
+                     world: int, steps: Optional[int] = None) -> Callable[[], Iterator[tuple]]:
     """This worker's share of what a data creator returns, as (x, y) batches of
-    ``local_bs``: a tf.data.Dataset (Orca's: batched with the global batch size),
-    or a tuple (x, y) of arrays."""
+    ``local_bs``: a tf.data.Dataset (Orca's: batched with the global batch size,
+    ``steps`` batches at most: it may repeat forever), or a tuple (x, y) of
+    arrays."""
+    import itertools
+    try:  # an unseeded shuffle must give every worker the same order to shard
+        import tensorflow as tf
+        tf.random.set_seed(0)
+    except ImportError:
+        pass
     data = creator(config, batch_size)
     if hasattr(data, "unbatch") and hasattr(data, "shard"):
         mine = data.unbatch().shard(world, rank).batch(local_bs)
 
         def epoch():
-            for item in mine.as_numpy_iterator():
+            items = mine.as_numpy_iterator()
+            for item in items if steps is None else itertools.islice(items, steps):
+                if len(item) > 2:
+                    raise ValueError("a data creator's dataset yields (x, y); sample "
+                                     "weights are not supported")
                 yield item[0], item[1]
         return epoch
     if isinstance(data, (tuple, list)) and len(data) == 2:
@@ -339,14 +376,14 @@ def _train(job: KerasJob, ctx, rank: int, world: int) -> Optional[dict]:
         val = lambda: iter(stored)  # noqa: E731
     if job.val_creator is not None:
         val = _creator_batches(job.val_creator, job.source.config, job.batch_size,
-                               local_bs, rank, world)
+                               local_bs, rank, world, job.validation_steps)
     if job.evaluate_only:
         assert val is not None
         return {"results": _evaluated(model, val, rank)}
     train: Callable[[], Iterator[tuple]]
     if job.data_creator is not None:
         train = _creator_batches(job.data_creator, job.source.config, job.batch_size,
-                                 local_bs, rank, world)
+                                 local_bs, rank, world, job.steps_per_epoch)
     else:
         assert job.cols is not None
         feed, cols = ctx.get_data_feed(), job.cols
@@ -371,8 +408,10 @@ def _train(job: KerasJob, ctx, rank: int, world: int) -> Optional[dict]:
                 _train_batch(model, n == 0, x, y)
                 n += rows
             steps += 1
-        for _ in batches:  # the rest of a capped epoch: the feed's epoch must be taken
-            pass
+        if job.data_creator is None:
+            for _ in batches:  # the rest of a capped epoch: the feed's epoch must be taken
+                pass
+        sync_non_trainable(model)
         parts = gather_json({"n": n, "metrics": metric_values(model)})
         total = sum(p["n"] for p in parts)
         stats: dict = {"epoch": epoch, **set_metric_values(
