@@ -73,8 +73,10 @@ def leftovers(before_procs: dict, before_temps: set):
     return procs, temps
 
 
-# Spark's own Python workers: they stay between tasks and end with their context.
-SPARK_WORKERS = ("pyspark.daemon", "pyspark.worker", "sparkorca_log_daemon")
+# Spark's own Python workers, and the actors Ray Data starts once per Ray cluster:
+# they stay between jobs and end with their context.
+SPARK_WORKERS = ("pyspark.daemon", "pyspark.worker", "sparkorca_log_daemon",
+                 "ray::_StatsActor", "ray::_AutoscalingCoordinatorActor")
 
 
 @pytest.fixture(autouse=True)

@@ -145,7 +145,7 @@ def test_estimator_arguments_fail_before_anything_starts():
 def test_keras_estimator_arguments_fail_before_anything_starts(tmp_path):
     from sparkorca.learn.tf2 import Estimator
     with pytest.raises(InvalidArgumentError, match="backend"):
-        Estimator.from_keras(model_creator=lambda config: None, backend="ray")
+        Estimator.from_keras(model_creator=lambda config: None, backend="horovod")
     with pytest.raises(InvalidArgumentError, match="model_creator"):
         Estimator.from_keras(model_creator="model.keras")
     with pytest.raises(InvalidArgumentError, match="batch_size"):

@@ -13,7 +13,7 @@ them: no row passes through it. The holders
 from __future__ import annotations
 
 import secrets
-from typing import List
+from typing import List, Optional
 
 HOLDER_PREFIX = "sparkorca-holder"
 
@@ -106,9 +106,12 @@ def _put_partition(tag: str, namespace: str, index: int, batches):
     return [index] if pending else []
 
 
-def _to_ray(run_puts):
+def _to_ray(run_puts, holders_out: Optional[list] = None):
     """Start the holders, let ``run_puts(tag, namespace)`` run the Spark job whose
-    tasks put their partitions, and build the Dataset from the holders' refs."""
+    tasks put their partitions, and build the Dataset from the holders' refs.
+
+    The holders live until the context stops, or, when ``holders_out`` is given,
+    go there for the caller to end (with them the Dataset's data)."""
     import ray
 
     from ..context import OrcaContext
@@ -116,7 +119,10 @@ def _to_ray(run_puts):
     tag = secrets.token_hex(4)
     namespace = ray.get_runtime_context().namespace
     holders = start_holders(tag)
-    ray_context.keep_alive(holders)
+    if holders_out is None:
+        ray_context.keep_alive(holders)
+    else:
+        holders_out.extend(holders)
     run_puts(tag, namespace)
     refs = {}
     for collected in ray.get([h.collected.remote() for h in holders]):
@@ -126,12 +132,16 @@ def _to_ray(run_puts):
 
 def shards_to_ray_dataset(shards):
     """A Ray Dataset of Shards, its blocks in partition order."""
-    arrow_rdd = shards.to_arrow_rdd()
+    return arrow_rdd_to_ray_dataset(shards.to_arrow_rdd())
+
+
+def arrow_rdd_to_ray_dataset(arrow_rdd, holders_out: Optional[list] = None):
+    """A Ray Dataset of an RDD of Arrow record batches, in partition order."""
     return _to_ray(lambda tag, namespace: arrow_rdd.mapPartitionsWithIndex(
-        lambda i, it: _put_partition(tag, namespace, i, it)).collect())
+        lambda i, it: _put_partition(tag, namespace, i, it)).collect(), holders_out)
 
 
-def spark_df_to_ray_dataset(df):
+def spark_df_to_ray_dataset(df, holders_out: Optional[list] = None):
     """A Ray Dataset of a Spark DataFrame, its blocks in partition order: Spark hands
     each partition to Python as Arrow (mapInArrow) and the puts happen right there."""
     def run(tag, namespace):
@@ -142,4 +152,4 @@ def spark_df_to_ray_dataset(df):
             done = _put_partition(tag, namespace, partition_id(), batches)
             yield pa.RecordBatch.from_pydict({"p": pa.array(done, pa.int64())})
         df.mapInArrow(put, "p long").collect()
-    return _to_ray(run)
+    return _to_ray(run, holders_out)

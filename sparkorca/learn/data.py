@@ -43,6 +43,11 @@ def is_creator(data: Any) -> bool:
     return isinstance(data, (types.FunctionType, functools.partial))
 
 
+def is_ray_dataset(data: Any) -> bool:
+    """A Ray Dataset (checked without importing Ray)."""
+    return type(data).__module__.startswith("ray.data") and hasattr(data, "iter_batches")
+
+
 def _col_list(name: str, value) -> Optional[Tuple[str, ...]]:
     if value is None:
         return None
@@ -99,10 +104,13 @@ def columns_for(data: Any, feature_cols, label_cols, need_labels: bool,
                                        'Shards of pandas DataFrames or of {"x", "y"} dicts')
         have = [str(c) for c in meta.columns]
         kind = "the shards"
+    elif is_ray_dataset(data):
+        have = list(data.columns())
+        kind = "the Ray Dataset"
     else:
         raise InvalidArgumentError(what, type(data).__name__,
-                                   "a Spark DataFrame, sparkorca.data Shards or a data "
-                                   "creator function (config, batch_size)")
+                                   "a Spark DataFrame, sparkorca.data Shards, a Ray "
+                                   "Dataset or a data creator function (config, batch_size)")
     if features is None:
         raise InvalidArgumentError("feature_cols", None,
                                    f"the feature columns of {kind}, among {have}")

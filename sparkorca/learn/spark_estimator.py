@@ -1,7 +1,8 @@
-"""What the Estimators share on the Spark backend, on the driver: the running
-context, how many workers and whether their slots exist, fit's data and epoch
-arguments, running the workers as TFCluster nodes fed from the store, and the
-plain Spark jobs of evaluate and predict.
+"""What the Estimators share on the driver: the running context, how many
+workers and whether their slots exist, fit's data and epoch arguments, running
+the workers (as TFCluster nodes fed from the store on the "spark" backend, as Ray
+actors fed from Ray Datasets on the "ray" one: ``learn.ray_workers``), and the
+plain jobs of evaluate and predict (Spark tasks; Ray tasks for a Ray Dataset).
 
 The framework's own parts (its worker's ``map_fun``, how a model is built and its
 state kept) stay in ``learn.pytorch`` and ``learn.tf2``.
@@ -10,6 +11,7 @@ state kept) stay in ``learn.pytorch`` and ``learn.tf2``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 from typing import Any, Callable, List, Optional
@@ -18,9 +20,45 @@ from .. import _validate as check
 from .. import context
 from ..errors import InvalidArgumentError, NoContextError, OrcaRuntimeError
 from ..spark.session import is_local_master
-from .data import Columns, check_batch_size, check_epochs, columns_for, feedable, is_creator
+from .data import (
+    Columns,
+    check_batch_size,
+    check_epochs,
+    columns_for,
+    feedable,
+    is_creator,
+    is_ray_dataset,
+)
 
 FIT_TIMEOUT = 7 * 24 * 3600.0
+BACKENDS = ("spark", "ray")
+
+
+def check_backend(backend) -> str:
+    if backend not in BACKENDS:
+        raise InvalidArgumentError("backend", backend, "'spark' or 'ray'",
+                                   hint="'spark' trains in Spark tasks and needs no Ray; "
+                                   "'ray' trains in Ray actors on the context's Ray")
+    return backend
+
+
+@dataclasses.dataclass(frozen=True)
+class SparkPlan:
+    """fit's workers on the Spark backend: one per task slot they take."""
+
+    num_workers: int
+    threads: int
+
+
+class Shipped:
+    """A value sent inside a task's function where there is no Spark broadcast
+    (Ray tasks); read as a broadcast is, through ``value``."""
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def unpersist(self) -> None:
+        pass
 
 
 def check_config(config) -> dict:
@@ -96,11 +134,12 @@ def output_column(output_cols) -> str:
 
 
 class SparkEstimator:
-    """The Spark-backend machinery under ``PyTorchSparkEstimator`` and
-    ``KerasSparkEstimator``: nothing runs between calls (every fit's workers end
-    with it), so ``shutdown`` only refuses later calls."""
+    """The machinery under ``PyTorchSparkEstimator`` and ``KerasSparkEstimator``,
+    on either backend: nothing runs between calls (every fit's workers end with
+    it), so ``shutdown`` only refuses later calls."""
 
-    def __init__(self, *, workers_per_node, model_dir, log_to_driver):
+    def __init__(self, *, workers_per_node, model_dir, log_to_driver, backend="spark"):
+        self.backend = check_backend(backend)
         self.workers_per_node = check.integer("workers_per_node", workers_per_node)
         self.model_dir = check_model_dir(model_dir)
         self.log_to_driver = check.boolean("log_to_driver", log_to_driver)
@@ -120,6 +159,32 @@ class SparkEstimator:
             raise NoContextError("the Estimator's spark backend needs a running context: "
                                  "init_orca_context(...) first")
         return running.sc
+
+    def _worker_plan(self, data):
+        """Where fit's workers run; checked before anything starts."""
+        if self._shut:
+            raise OrcaRuntimeError("this Estimator has been shut down")
+        if self.backend == "ray":
+            from . import ray_workers
+            return ray_workers.plan(self.workers_per_node)
+        if is_ray_dataset(data):
+            raise InvalidArgumentError("data", "a Ray Dataset", "a Spark DataFrame, Shards or "
+                                       "a data creator on the 'spark' backend",
+                                       hint="from_torch/from_keras(backend='ray') trains on "
+                                       "Ray Datasets")
+        sc = self._sc()
+        n = self._num_workers(sc)
+        self._check_slots(sc, n)
+        return SparkPlan(n, self._threads_per_worker(sc))
+
+    def _shipped(self, data, value):
+        """``value`` for evaluate's / predict's tasks: a Spark broadcast, or sent with
+        the function to Ray's tasks."""
+        if is_ray_dataset(data):
+            if self._shut:
+                raise OrcaRuntimeError("this Estimator has been shut down")
+            return Shipped(value)
+        return self._sc().broadcast(value)
 
     def _num_workers(self, sc) -> int:
         from ..spark.session import expected_executors, registered_executors
@@ -146,12 +211,29 @@ class SparkEstimator:
                 f"need {n} task slots at once and the application has {slots}")
 
     # -- fit -----------------------------------------------------------------------
-    def _run_workers(self, sc, n: int, main, job_args, inputs: FitInputs, data,
+    def _run_workers(self, plan, main, job_args, inputs: FitInputs, data,
                      validation_data, progress: "Progress") -> dict:
-        """Run ``main(job_args, ctx)`` on ``n`` TFCluster nodes, store the data on them
-        and replay it ``inputs.epochs`` times; rank 0's result."""
+        """Run ``main(job_args, ctx)`` on the plan's workers, feed them the data for
+        ``inputs.epochs`` epochs; rank 0's result."""
+        if self.backend == "ray":
+            from . import ray_workers
+            try:
+                return ray_workers.run_workers(
+                    plan, main, job_args, inputs.cols, data,
+                    validation_data if inputs.has_val else None,
+                    lambda body: progress.epoch(body.get("stats", {})))
+            finally:
+                progress.close()
+        return self._run_nodes(plan.num_workers, main, job_args, inputs, data,
+                               validation_data, progress)
+
+    def _run_nodes(self, n: int, main, job_args, inputs: FitInputs, data,
+                   validation_data, progress: "Progress") -> dict:
+        """On ``n`` TFCluster nodes: store the data on them and replay it
+        ``inputs.epochs`` times; rank 0's result."""
         from ..cluster import driver
         from ..cluster.roles import InputMode
+        sc = self._sc()
         cols = inputs.cols
         mode = InputMode.TENSORFLOW if cols is None else InputMode.SPARK
         queues = ("input", "val") if inputs.has_val else ("input",)
@@ -179,12 +261,20 @@ class SparkEstimator:
     @staticmethod
     def _check_plain_data(data, what: str) -> None:
         if is_creator(data):
-            raise InvalidArgumentError("data", "a data creator", "a Spark DataFrame or "
-                                       f"sparkorca.data Shards ({what} runs on Spark tasks)")
+            raise InvalidArgumentError("data", "a data creator", "a Spark DataFrame, "
+                                       f"sparkorca.data Shards or a Ray Dataset ({what} runs "
+                                       "as tasks over the data)")
 
     @staticmethod
     def _partition_stats(data, cols: Columns, body) -> List[dict]:
-        """``body(batches)`` on every partition (it yields one JSON "stats" row each)."""
+        """``body(batches)`` on every partition or Ray Dataset block (it yields one
+        JSON "stats" row each)."""
+        if is_ray_dataset(data):
+            from .ray_workers import ByValue
+            rows = data.select_columns(list(cols.features + cols.labels)).map_batches(
+                functools.partial(_stats_block, ByValue(body)), batch_format="pyarrow",
+                batch_size=None).take_all()
+            return [json.loads(r["stats"]) for r in rows]
         fed = feedable(data, cols)
         if hasattr(fed, "to_arrow_rdd"):
             rows = fed.to_arrow_rdd().mapPartitions(
@@ -197,7 +287,16 @@ class SparkEstimator:
     def _predicted(data, cols: Columns, output: str, frame_body, shards_body,
                    prediction_type: Callable[[Any], Any]):
         """``data`` with its predictions (lazy): a DataFrame gets the ``output`` column
-        of ``prediction_type(first_row_batch)``, Shards a "prediction" entry."""
+        of ``prediction_type(first_row_batch)``, a Ray Dataset that column, Shards a
+        "prediction" entry."""
+        if is_ray_dataset(data):
+            if output in data.columns():
+                raise InvalidArgumentError("output_cols", output,
+                                           f"a name not among the columns {data.columns()}")
+            from .ray_workers import ByValue
+            return data.map_batches(
+                functools.partial(_predicted_block, ByValue(frame_body), output),
+                batch_format="pyarrow", batch_size=None)
         from pyspark.sql import DataFrame
         if isinstance(data, DataFrame):
             if output in data.columns:
@@ -212,6 +311,21 @@ class SparkEstimator:
             schema = StructType(list(data.schema.fields) + [StructField(output, kind)])
             return data.mapInArrow(frame_body, schema)
         return data._child(data.rdd.mapPartitions(shards_body))
+
+
+def _stats_block(body, table):
+    """A Ray Dataset block's "stats" row (``body`` over its batches)."""
+    import pyarrow as pa
+    return pa.Table.from_batches(list(body(iter(table.to_batches()))))
+
+
+def _predicted_block(frame_body, output: str, table):
+    """A Ray Dataset block with its predictions (``frame_body`` over its batches)."""
+    import pyarrow as pa
+    batches = list(frame_body(iter(table.to_batches())))
+    if not batches:
+        return table.append_column(output, pa.array([], pa.float64()))
+    return pa.Table.from_batches(batches)
 
 
 def spark_type_of(pred) -> Any:

@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-from ...errors import InvalidArgumentError
-
 
 class Estimator:
     @staticmethod
@@ -18,21 +16,18 @@ class Estimator:
                    scheduler_creator=None, config=None, workers_per_node=1, backend="spark",
                    model_dir=None, use_tqdm=False, sync_stats=True, log_to_driver=True):
         """An Estimator that trains ``model(config)`` with ``optimizer(model, config)``
-        and ``loss`` (a torch loss, or a function (config) -> loss) on the Spark
-        executors, one worker per executor x ``workers_per_node``, under DDP.
+        and ``loss`` (a torch loss, or a function (config) -> loss) under DDP, one
+        worker per executor (``backend="spark"``: in Spark tasks) or per Ray node
+        (``backend="ray"``: Ray actors on the context's Ray) x ``workers_per_node``.
 
         Statistics are always reduced over all workers (``sync_stats`` is accepted
         for Orca's programs and always in effect)."""
-        if backend != "spark":
-            raise InvalidArgumentError(
-                "backend", backend, "'spark'",
-                hint="the 'ray' backend is not in this release; 'spark' needs no Ray")
         from .estimator import PyTorchSparkEstimator
         return PyTorchSparkEstimator(
             model=model, optimizer=optimizer, loss=loss, metrics=metrics,
             scheduler_creator=scheduler_creator, config=config,
             workers_per_node=workers_per_node, model_dir=model_dir, use_tqdm=use_tqdm,
-            sync_stats=sync_stats, log_to_driver=log_to_driver)
+            sync_stats=sync_stats, log_to_driver=log_to_driver, backend=backend)
 
     @staticmethod
     def latest_checkpoint(checkpoint_dir: str) -> str:

@@ -1,8 +1,9 @@
-"""The PyTorch Estimator on the Spark backend (Orca's ``Estimator.from_torch``).
+"""The PyTorch Estimator (Orca's ``Estimator.from_torch``).
 
 ``fit`` runs one worker per executor x ``workers_per_node`` as a TFCluster node
 (the node layer's supervised process, launched from a barrier Spark job), joined
-by torch DDP over gloo. DataFrames and Shards reach each worker through the
+by torch DDP over gloo; on the "ray" backend the same worker runs as a Ray actor
+fed from Ray Datasets (``learn.ray_workers``). DataFrames and Shards reach each worker through the
 TFCluster feed: a Spark job streams every partition into the worker on its own
 executor as Arrow (no driver hop, with backpressure); epochs after the first are
 replayed by the workers from ``OrcaContext.train_data_store``, so Spark computes
@@ -29,6 +30,7 @@ from ..data import batch_arrays, check_batch_size, columns_for, is_creator
 from ..spark_estimator import (
     Progress,
     SparkEstimator,
+    check_backend,
     check_config,
     fit_inputs,
     output_column,
@@ -37,9 +39,6 @@ from ..spark_estimator import (
 from . import worker
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("spark",)
-
 
 def _function(name: str, value, required: bool, what: str):
     if value is None and not required:
@@ -58,11 +57,12 @@ def _loss(value):
 
 
 class PyTorchSparkEstimator(SparkEstimator):
-    """``Estimator.from_torch(..., backend="spark")``; see ``Estimator``."""
+    """``Estimator.from_torch(...)`` on either backend; see ``Estimator``."""
 
     def __init__(self, *, model, optimizer, loss, metrics=None, scheduler_creator=None,
                  config=None, workers_per_node=1, model_dir=None, use_tqdm=False,
-                 sync_stats=True, log_to_driver=True):
+                 sync_stats=True, log_to_driver=True, backend="spark"):
+        check_backend(backend)
         config = check_config(config)
         model = _function("model", model, True, "(config) -> torch.nn.Module")
         self.creators = worker.Creators(
@@ -78,7 +78,7 @@ class PyTorchSparkEstimator(SparkEstimator):
         self.sync_stats = check.boolean("sync_stats", sync_stats)
         self._state: Optional[bytes] = None
         super().__init__(workers_per_node=workers_per_node, model_dir=model_dir,
-                         log_to_driver=log_to_driver)
+                         log_to_driver=log_to_driver, backend=backend)
 
     def _initial_state(self) -> bytes:
         """The driver's copy of the model's state (built from the creator once)."""
@@ -116,27 +116,22 @@ class PyTorchSparkEstimator(SparkEstimator):
                                        "torch.optim.Optimizer (fit needs one)")
         if self.creators.loss is None:
             raise InvalidArgumentError("loss", None, "a torch loss (fit needs one)")
-        sc = self._sc()
-        n = self._num_workers(sc)
-        self._check_slots(sc, n)
+        plan = self._worker_plan(data)
         job = worker.TrainJob(
             creators=self.creators, metrics=self.metrics, state=self._initial_state(),
             first_epoch=inputs.first_epoch, epochs=inputs.epochs,
             batch_size=inputs.batch_size, cols=inputs.cols,
             data_creator=inputs.data_creator, val_creator=inputs.val_creator,
             has_val=inputs.has_val, model_dir=self.model_dir,
-            threads=self._threads_per_worker(sc))
+            threads=plan.threads)
         progress = Progress(job.first_epoch + job.epochs - 1, self.use_tqdm)
-        result = self._run_workers(sc, n, worker.train_main, job, inputs, data,
+        result = self._run_workers(plan, worker.train_main, job, inputs, data,
                                    validation_data, progress)
         self._state = base64.b64decode(result["state"])
         self.epoch = job.first_epoch + job.epochs - 1
         return result["history"]
 
     # -- evaluate / predict ----------------------------------------------------
-    def _broadcast_state(self, sc):
-        return sc.broadcast(self._initial_state())
-
     def evaluate(self, data, batch_size=32, feature_cols=None, label_cols=None,
                  num_steps=None, reduce_results=True) -> dict:
         """Loss (``val_loss``), every metric under its name, and ``num_samples``,
@@ -147,8 +142,7 @@ class PyTorchSparkEstimator(SparkEstimator):
             raise InvalidArgumentError("num_steps", num_steps, "None: evaluate reads all the data")
         self._check_plain_data(data, "evaluate")
         cols = columns_for(data, feature_cols, label_cols, need_labels=True)
-        sc = self._sc()
-        blob = self._broadcast_state(sc)
+        blob = self._shipped(data, self._initial_state())
         body = functools.partial(worker.evaluate_partition, self.creators, blob, self.metrics,
                                  cols, batch_size)
         try:
@@ -165,8 +159,7 @@ class PyTorchSparkEstimator(SparkEstimator):
         self._check_plain_data(data, "predict")
         cols = columns_for(data, feature_cols, None, need_labels=False)
         output = output_column(output_cols)
-        sc = self._sc()
-        blob = self._broadcast_state(sc)
+        blob = self._shipped(data, self._initial_state())
         predictor = functools.partial(worker.predictor, self.creators, blob)
         return self._predicted(
             data, cols, output,

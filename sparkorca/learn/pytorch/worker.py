@@ -96,6 +96,13 @@ def make_state(epoch: int, model, optimizer=None, scheduler=None) -> dict:
 
 
 # -- a model on batches ---------------------------------------------------------------
+def _tensor(x: np.ndarray):
+    """A tensor of ``x``; read-only arrays (zero-copy from Arrow or Ray's object
+    store) are copied, as torch does not take them."""
+    import torch
+    return torch.from_numpy(x if x.flags.writeable else np.array(x))
+
+
 def _outputs(out) -> list:
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
@@ -115,8 +122,8 @@ class Evaluation:
     def add(self, model, loss, xs, ys) -> None:
         import torch
         with torch.no_grad():
-            out = model(*[torch.from_numpy(x) for x in xs])
-            targets = [torch.from_numpy(y) for y in ys]
+            out = model(*[_tensor(x) for x in xs])
+            targets = [_tensor(y) for y in ys]
             n = len(ys[0])
             if loss is not None:
                 self.loss_sum += float(_criterion(loss, out, targets)) * n
@@ -214,8 +221,8 @@ def train_main(job: TrainJob, ctx) -> Optional[dict]:
             with ddp.join():  # workers' batch counts differ: the feed is not padded
                 for xs, ys in batches:
                     optimizer.zero_grad()
-                    out = ddp(*[torch.from_numpy(x) for x in xs])
-                    value = _criterion(loss, out, [torch.from_numpy(y) for y in ys])
+                    out = ddp(*[_tensor(x) for x in xs])
+                    value = _criterion(loss, out, [_tensor(y) for y in ys])
                     value.backward()
                     optimizer.step()
                     last = float(value.detach())
@@ -278,7 +285,7 @@ def predict_arrays(model, xs: List[np.ndarray]) -> np.ndarray:
     """The model's first output for ``xs``."""
     import torch
     with torch.no_grad():
-        return _outputs(model(*[torch.from_numpy(x) for x in xs]))[0].detach().numpy()
+        return _outputs(model(*[_tensor(x) for x in xs]))[0].detach().numpy()
 
 
 def predictor(creators: Creators, blob):

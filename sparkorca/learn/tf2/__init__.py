@@ -20,16 +20,15 @@ class Estimator:
                    compile_args_creator=None, backend="spark", cpu_binding=False,
                    log_to_driver=True, model_dir=None, **kwargs):
         """An Estimator that trains ``model_creator(config)`` (a Keras model, compiled
-        there or with ``compile_args_creator(config)``) on the Spark executors, one
-        worker per executor x ``workers_per_node``, with synchronous data-parallel
-        steps: the workers' weights are identical after every step."""
-        if backend != "spark":
-            raise InvalidArgumentError(
-                "backend", backend, "'spark'",
-                hint="the 'ray' backend is not in this release; 'spark' needs no Ray")
+        there or with ``compile_args_creator(config)``) with one worker per executor
+        (``backend="spark"``: in Spark tasks) or per Ray node (``"ray"``: Ray actors)
+        x ``workers_per_node``, in synchronous data-parallel steps: the workers'
+        weights are identical after every step."""
+        from ..spark_estimator import check_backend
+        check_backend(backend)
         if cpu_binding:
-            raise InvalidArgumentError("cpu_binding", cpu_binding, "False (Orca's ray backend "
-                                       "only)")
+            raise InvalidArgumentError("cpu_binding", cpu_binding, "False (Ray places the "
+                                       "workers' threads)")
         if kwargs:
             raise InvalidArgumentError(next(iter(kwargs)), kwargs[next(iter(kwargs))],
                                        "one of from_keras' arguments")
@@ -37,7 +36,7 @@ class Estimator:
         return KerasSparkEstimator(
             model_creator=model_creator, config=config, compile_args_creator=compile_args_creator,
             workers_per_node=workers_per_node, model_dir=model_dir, verbose=verbose,
-            log_to_driver=log_to_driver)
+            log_to_driver=log_to_driver, backend=backend)
 
     @staticmethod
     def latest_checkpoint(checkpoint_dir: str) -> str:

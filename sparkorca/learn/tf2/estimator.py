@@ -1,8 +1,9 @@
-"""The Keras Estimator on the Spark backend (Orca's ``Estimator.from_keras``).
+"""The Keras Estimator (Orca's ``Estimator.from_keras``).
 
 ``fit`` runs one worker per executor x ``workers_per_node`` as a TFCluster node,
 fed like the PyTorch Estimator's (each worker its own executor's partitions,
-stored once, replayed every epoch); the workers train Keras 3 on its torch
+stored once, replayed every epoch), or on the "ray" backend as a Ray actor fed
+from Ray Datasets (``learn.ray_workers``); the workers train Keras 3 on its torch
 backend with gradients averaged over gloo (see ``worker``). ``evaluate`` and
 ``predict`` are plain Spark tasks with the broadcast weights, in whatever Keras
 backend the executors' Python has; metric states are summed exactly.
@@ -22,11 +23,19 @@ from typing import Any, Optional
 from ... import _validate as check
 from ...errors import InvalidArgumentError
 from .. import checkpoints, partitions
-from ..data import batch_arrays, check_batch_size, columns_for, feedable, is_creator
+from ..data import (
+    batch_arrays,
+    check_batch_size,
+    columns_for,
+    feedable,
+    is_creator,
+    is_ray_dataset,
+)
 from ..spark_estimator import (
     FitInputs,
     Progress,
     SparkEstimator,
+    check_backend,
     check_config,
     fit_inputs,
     output_column,
@@ -57,10 +66,12 @@ def _suffix(name: str, path) -> str:
 
 
 class KerasSparkEstimator(SparkEstimator):
-    """``Estimator.from_keras(..., backend="spark")``; see ``Estimator``."""
+    """``Estimator.from_keras(...)`` on either backend; see ``Estimator``."""
 
     def __init__(self, *, model_creator=None, config=None, compile_args_creator=None,
-                 workers_per_node=1, model_dir=None, verbose=False, log_to_driver=True):
+                 workers_per_node=1, model_dir=None, verbose=False, log_to_driver=True,
+                 backend="spark"):
+        check_backend(backend)
         config = check_config(config)
         self.source = worker.ModelSource(
             model_creator=_creator("model_creator", model_creator,
@@ -72,7 +83,7 @@ class KerasSparkEstimator(SparkEstimator):
         self.verbose = verbose
         self._state: Optional[bytes] = None
         super().__init__(workers_per_node=workers_per_node, model_dir=model_dir,
-                         log_to_driver=log_to_driver)
+                         log_to_driver=log_to_driver, backend=backend)
 
     def _has_model(self) -> None:
         if self.source.model_creator is None and self.source.saved is None:
@@ -119,17 +130,15 @@ class KerasSparkEstimator(SparkEstimator):
             raise InvalidArgumentError("data_config", data_config, "None or a dict")
         inputs = fit_inputs(data, epochs, batch_size, feature_cols, label_cols,
                             validation_data, initial_epoch, self.epoch)
-        sc = self._sc()
-        n = self._num_workers(sc)
-        self._check_slots(sc, n)
-        job = self._job(inputs, sc, data_config, steps_per_epoch, validation_freq,
+        plan = self._worker_plan(data)
+        job = self._job(inputs, plan, data_config, steps_per_epoch, validation_freq,
                         validation_steps=validation_steps if inputs.val_creator else None)
         from pyspark import cloudpickle
 
         # the workers unpickle the job once they have chosen Keras' backend
         blob = cloudpickle.dumps(job)
         progress = Progress(inputs.first_epoch + inputs.epochs - 1, False, quiet=not verbose)
-        result = self._run_workers(sc, n, worker.train_main, blob, inputs, data,
+        result = self._run_workers(plan, worker.train_main, blob, inputs, data,
                                    validation_data, progress)
         self._state = base64.b64decode(result["state"])
         self.epoch = inputs.first_epoch + inputs.epochs - 1
@@ -153,8 +162,7 @@ class KerasSparkEstimator(SparkEstimator):
                 num_steps = check.integer("num_steps", num_steps)
             return self._evaluate_on_workers(data, batch_size, data_config, num_steps)
         cols = columns_for(data, feature_cols, label_cols, need_labels=True)
-        sc = self._sc()
-        blob = sc.broadcast(self._current_state())
+        blob = self._shipped(data, self._current_state())
         body = functools.partial(worker.evaluate_partition, self.source, blob, cols,
                                  batch_size)
         try:
@@ -174,18 +182,16 @@ class KerasSparkEstimator(SparkEstimator):
         """evaluate(data creator): the creator's data is on the workers, so they
         evaluate it there (each its share), as fit's validation does."""
         self._has_model()
-        sc = self._sc()
-        n = self._num_workers(sc)
-        self._check_slots(sc, n)
+        plan = self._worker_plan(creator)
         inputs = FitInputs(self.epoch + 1, 0, batch_size, None, None, creator, False)
-        job = self._job(inputs, sc, data_config, None, 1, evaluate_only=True,
+        job = self._job(inputs, plan, data_config, None, 1, evaluate_only=True,
                         validation_steps=num_steps)
         from pyspark import cloudpickle
-        result = self._run_workers(sc, n, worker.train_main, cloudpickle.dumps(job), inputs,
+        result = self._run_workers(plan, worker.train_main, cloudpickle.dumps(job), inputs,
                                    None, None, Progress(0, False, quiet=True))
         return {f"validation_{k}": v for k, v in result["results"].items()}
 
-    def _job(self, inputs: FitInputs, sc, data_config, steps_per_epoch, validation_freq,
+    def _job(self, inputs: FitInputs, plan, data_config, steps_per_epoch, validation_freq,
              evaluate_only: bool = False, validation_steps=None) -> worker.KerasJob:
         source = self.source
         if data_config:
@@ -196,7 +202,7 @@ class KerasSparkEstimator(SparkEstimator):
             epochs=inputs.epochs, batch_size=inputs.batch_size, cols=inputs.cols,
             data_creator=inputs.data_creator, val_creator=inputs.val_creator,
             has_val=inputs.has_val, model_dir=self.model_dir,
-            threads=self._threads_per_worker(sc), steps_per_epoch=steps_per_epoch,
+            threads=plan.threads, steps_per_epoch=steps_per_epoch,
             validation_freq=validation_freq, evaluate_only=evaluate_only,
             validation_steps=validation_steps)
 
@@ -211,8 +217,7 @@ class KerasSparkEstimator(SparkEstimator):
         self._check_plain_data(data, "predict")
         cols = columns_for(data, feature_cols, None, need_labels=False)
         output = output_column(output_cols)
-        sc = self._sc()
-        blob = sc.broadcast(self._current_state())
+        blob = self._shipped(data, self._current_state())
         predictor = functools.partial(worker.predictor, self.source, blob)
         return self._predicted(
             data, cols, output,
@@ -305,7 +310,11 @@ class KerasSparkEstimator(SparkEstimator):
 def _first_rows(data, cols) -> Any:
     """An Arrow batch of ``data``'s first row (features and labels)."""
     from pyspark.sql import DataFrame
-    if isinstance(data, DataFrame):
+    if is_ray_dataset(data):
+        table = data.select_columns(list(cols.features + cols.labels)).take_batch(
+            1, batch_format="pyarrow")
+        batches = [b for b in table.combine_chunks().to_batches() if b.num_rows]
+    elif isinstance(data, DataFrame):
         first: Any = data.select(*(cols.features + cols.labels)).limit(1)
         batches = [b for b in first._collect_as_arrow() if b.num_rows]
     else:

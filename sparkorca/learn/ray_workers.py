@@ -1,0 +1,275 @@
+"""The Estimators' "ray" backend: the same training workers as on the Spark
+backend (each framework's ``train_main(job, ctx)``), run as Ray actors on the
+context's Ray cluster (RayOnSpark, or runtime="ray") and fed from Ray Datasets.
+
+DataFrames and Shards reach the object store through ``to_ray_dataset`` (the
+executors put their partitions on their own node; no row passes the driver); a
+Ray Dataset is used as it is. The rows are split by index into one contiguous
+share per worker, and each worker replays its share every epoch from the object
+store. The workers join one torch.distributed process group over gloo, as on
+the Spark backend; rank 0 reports each epoch to the driver through a Ray queue
+and returns the trained state. Every fit's actors end with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+from ..errors import InvalidArgumentError, OrcaRuntimeError, StartupTimeoutError
+from .data import Columns, feedable, is_ray_dataset
+
+ACTORS_TIMEOUT = 120.0  # for the workers' actors to be placed and started
+POLL = 0.2  # how often the driver looks at the progress queue while it waits
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Where the workers run: ``workers_per_node`` actors on each Ray node with CPUs."""
+
+    nodes: List[str]  # Ray node ids, one entry per worker
+    cpus: float  # each worker's CPUs
+
+    @property
+    def num_workers(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.cpus))
+
+
+def ray_started() -> None:
+    """The context's Ray (started on demand, as Orca's ray backend did)."""
+    from ..context import OrcaContext
+    OrcaContext.get_ray_context()
+
+
+def plan(workers_per_node: int) -> Plan:
+    import ray
+    ray_started()
+    nodes = [(n["NodeID"], float(n["Resources"].get("CPU", 0))) for n in ray.nodes()
+             if n["Alive"] and n["Resources"].get("CPU", 0) >= 1]
+    if not nodes:
+        raise OrcaRuntimeError("the Ray cluster has no node with a CPU for the workers")
+    cpus = min(c for _, c in nodes) / workers_per_node
+    if cpus < 1:
+        raise InvalidArgumentError(
+            "workers_per_node", workers_per_node,
+            f"at most {int(min(c for _, c in nodes))}: each worker takes one CPU or more and "
+            f"the smallest Ray node has {min(c for _, c in nodes):g}")
+    return Plan([node for node, _ in nodes for _ in range(workers_per_node)], cpus)
+
+
+# -- data ----------------------------------------------------------------------------
+def dataset_of(data: Any, cols: Columns, holders: list):
+    """``data``'s needed columns as a materialized Ray Dataset. A DataFrame's or
+    Shards' data is owned by actors added to ``holders``: ending them frees it."""
+    names = list(cols.features + cols.labels)
+    if is_ray_dataset(data):
+        return data.select_columns(names).materialize()
+    from ..data.to_ray import arrow_rdd_to_ray_dataset, spark_df_to_ray_dataset
+    fed = feedable(data, cols)
+    if hasattr(fed, "to_arrow_rdd"):
+        return arrow_rdd_to_ray_dataset(fed.to_arrow_rdd(), holders)
+    return spark_df_to_ray_dataset(fed, holders)
+
+
+def shares(ds, n: int) -> List[list]:
+    """``n`` contiguous shares of ``ds`` whose row counts differ by one at most,
+    each as the ObjectRefs of its Arrow tables."""
+    count = ds.count()
+    return [share.to_arrow_refs() for share in
+            ds.split_at_indices([count * i // n for i in range(1, n)])]
+
+
+class RayFeed:
+    """A worker's share (Arrow tables in the object store) as the TFCluster feed's
+    ``next_batch_arrow``: an epoch's batches hold ``size`` rows until its end,
+    marked by a partial batch or None; the next call starts the next epoch. The
+    tables are read from the node's shared memory (no copy when local) and cut
+    into batches here, with no Ray Data executor in the worker."""
+
+    def __init__(self, blocks: list) -> None:
+        self.blocks = blocks  # ObjectRefs of pyarrow Tables, in order
+        self._batches: Optional[Iterator[Any]] = None
+
+    def _epoch(self, size: int) -> Iterator[Any]:
+        import pyarrow as pa
+        import ray
+        held: list = []
+        rows = 0
+        for ref in self.blocks:
+            table = ray.get(ref)
+            start = 0
+            while start < table.num_rows:
+                part = table.slice(start, size - rows)
+                start += part.num_rows
+                held.append(part)
+                rows += part.num_rows
+                if rows == size:
+                    yield pa.concat_tables(held) if len(held) > 1 else held[0]
+                    held, rows = [], 0
+        if held:
+            yield pa.concat_tables(held)
+
+    def next_batch_arrow(self, size: int):
+        if self._batches is None:
+            self._batches = self._epoch(size)
+        table = next(self._batches, None)
+        if table is None or table.num_rows < size:
+            self._batches = None
+        return table
+
+
+class WorkerContext:
+    """What a training worker's ``main`` reads off its TFCluster ctx, on Ray."""
+
+    def __init__(self, shares: Dict[str, list], rank: int, progress) -> None:
+        self._feeds = {name: RayFeed(blocks) for name, blocks in shares.items()}
+        self._rank = rank
+        self._progress = progress
+
+    def get_data_feed(self, train_mode: bool = True, qname_in: str = "input", **_: Any):
+        if qname_in not in self._feeds:
+            raise OrcaRuntimeError(f"this worker has no data for {qname_in!r}")
+        return self._feeds[qname_in]
+
+    def report(self, msg: dict) -> None:
+        if self._rank == 0:
+            self._progress.put(msg)
+
+
+class ByValue:
+    """A function that Ray carries as pyspark's cloudpickle pickled it, so what
+    works in a Spark task (functions of modules registered by value there, as
+    for a Spark job) works in a Ray actor or task too."""
+
+    def __init__(self, fn: Callable) -> None:
+        from pyspark import cloudpickle
+        self.blob = cloudpickle.dumps(fn)
+        self._fn: Optional[Callable] = None
+
+    def __reduce__(self):
+        return _by_value, (self.blob,)
+
+    def __call__(self, *args: Any) -> Any:
+        if self._fn is None:
+            import pickle
+            self._fn = pickle.loads(self.blob)
+        return self._fn(*args)
+
+
+def _by_value(blob: bytes) -> ByValue:
+    out = ByValue.__new__(ByValue)
+    out.blob, out._fn = blob, None
+    return out
+
+
+def _worker_class():
+    import ray
+
+    @ray.remote(max_restarts=0, max_task_retries=0)
+    class TrainWorker:
+        """One training worker: ``main(job, ctx)`` in a process group over gloo."""
+
+        def address(self) -> tuple:
+            ip = ray.util.get_node_ip_address()
+            with socket.socket() as s:  # rank 0's store binds it at once (as Ray Train does)
+                s.bind((ip, 0))
+                return ip, s.getsockname()[1]
+
+        def run(self, main: ByValue, env: Dict[str, str], shares: Dict[str, list],
+                progress) -> Any:
+            os.environ.update(env)
+            return main(WorkerContext(shares, int(env["RANK"]), progress))
+
+    return TrainWorker
+
+
+def _torch_env(rank: int, plan_: Plan, master: tuple) -> Dict[str, str]:
+    local = [i for i, node in enumerate(plan_.nodes) if node == plan_.nodes[rank]]
+    return {"MASTER_ADDR": master[0], "MASTER_PORT": str(master[1]), "RANK": str(rank),
+            "WORLD_SIZE": str(plan_.num_workers), "LOCAL_RANK": str(local.index(rank)),
+            "LOCAL_WORLD_SIZE": str(len(local))}
+
+
+def run_workers(plan_: Plan, main: Callable, job: Any, cols: Optional[Columns], data: Any,
+                validation_data: Any, on_progress: Callable[[dict], None]) -> Any:
+    """Run ``main(job, ctx)`` on the plan's actors with their shares of ``data``
+    (and of ``validation_data``); rank 0's result. A worker's failure ends them all
+    and raises with its traceback."""
+    import functools
+
+    import ray
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    n = plan_.num_workers
+    per_worker: List[Dict[str, list]] = [{} for _ in range(n)]
+    actors: list = []  # the data's holders, the progress queue, the workers: all end here
+    try:
+        if cols is not None:
+            for name, source in (("input", data), ("val", validation_data)):
+                if source is not None:
+                    for i, share in enumerate(shares(dataset_of(source, cols, actors), n)):
+                        per_worker[i][name] = share
+        blob = ByValue(functools.partial(main, job))
+        progress = Queue(actor_options={"num_cpus": 0})
+        actors.append(progress.actor)
+        cls = _worker_class()
+        workers = [cls.options(num_cpus=plan_.cpus,
+                               scheduling_strategy=NodeAffinitySchedulingStrategy(
+                                   node, soft=False)).remote() for node in plan_.nodes]
+        actors.extend(workers)
+        master = _started(workers[0].address.remote(), n)
+        # the refs travel nested in a dict: Ray hands them over as refs, not values
+        refs = [w.run.remote(blob, _torch_env(rank, plan_, master), per_worker[rank],
+                             progress) for rank, w in enumerate(workers)]
+        results = _wait(refs, progress, on_progress)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    return results[0]
+
+
+def _started(address_ref, n: int) -> tuple:
+    import ray
+    ready, _ = ray.wait([address_ref], timeout=ACTORS_TIMEOUT)
+    if not ready:
+        raise StartupTimeoutError(
+            f"timed out after {ACTORS_TIMEOUT:g}s waiting for the first of {n} Estimator "
+            f"workers (Ray actors) to start; Ray's free resources: "
+            f"{ray.available_resources()}")
+    return ray.get(ready[0])
+
+
+def _wait(refs: list, progress, on_progress: Callable[[dict], None]) -> list:
+    """Every worker's result, showing rank 0's progress meanwhile; the first
+    worker error raises at once (the others would wait for it in the next
+    collective until gloo's timeout)."""
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+    from ray.util.queue import Empty
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=POLL)
+        while True:
+            try:
+                on_progress(progress.get_nowait())
+            except Empty:
+                break
+        for ref in ready:
+            rank = refs.index(ref)
+            try:
+                ray.get(ref)
+            except RayTaskError as err:  # its text carries the worker's traceback
+                text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # no terminal colours
+                raise OrcaRuntimeError(f"Estimator.fit: worker {rank} failed:\n{text}") \
+                    from None
+            except RayActorError as err:
+                raise OrcaRuntimeError(f"Estimator.fit: worker {rank} (a Ray actor) died: "
+                                       f"{err}") from None
+    return ray.get(refs)

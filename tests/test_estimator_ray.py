@@ -1,0 +1,140 @@
+"""Both Estimators on the "ray" backend: real Spark (local-cluster[2,1,1024]) with
+RayOnSpark (a Ray node per executor), the workers as Ray actors joined over gloo,
+real torch and Keras 3, on scikit-learn's digits; DataFrames, Shards and Ray
+Datasets in, a Ray Dataset out of predict."""
+
+import sys
+
+import numpy as np
+import psutil
+import pytest
+from conftest import QUIET, shared_context
+from pyspark import cloudpickle
+
+from sparkorca._wait import wait_for
+from sparkorca.errors import InvalidArgumentError, OrcaRuntimeError
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from sparkorca.learn.metrics import Accuracy  # noqa: E402
+from sparkorca.learn.pytorch import Estimator  # noqa: E402
+
+pytestmark = pytest.mark.engine
+
+# creators travel by value: the workers cannot import this test module
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+shared_sc = shared_context(cluster_mode="local-cluster", num_nodes=2, cores=1, memory="1g",
+                           init_ray_on_spark=True, conf=QUIET)
+COLS = {"feature_cols": ["features"], "label_cols": ["label"]}
+
+
+def model_creator(config):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def optimizer_creator(model, config):
+    return torch.optim.Adam(model.parameters(), lr=0.01)
+
+
+def torch_estimator(**kwargs):
+    return Estimator.from_torch(model=model_creator, optimizer=optimizer_creator,
+                                loss=nn.CrossEntropyLoss(), metrics=[Accuracy()],
+                                backend="ray", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def test_dataset(digits, shared_sc):
+    """The digits' test rows as a Ray Dataset (id, features, label) of two blocks,
+    in order."""
+    import pyarrow as pa
+    import ray
+    _, x_test, _, y_test = digits
+    table = pa.table({"id": np.arange(len(y_test)),
+                      "features": list(x_test.astype(np.float32)), "label": y_test})
+    half = len(y_test) // 2
+    return ray.data.from_arrow([table.slice(0, half), table.slice(half)])
+
+
+def test_torch_trains_on_ray_from_a_dataframe_and_a_ray_dataset(frames, test_dataset,
+                                                                 tmp_path, capsys):
+    import ray
+    train, test = frames
+    est = torch_estimator(model_dir=str(tmp_path / "ckpt"))
+    stats = est.fit(train, epochs=3, batch_size=64, validation_data=test, **COLS)
+    assert [s["epoch"] for s in stats] == [1, 2, 3]
+    assert all(s["num_samples"] == train.count() for s in stats)  # each epoch, all rows
+    assert stats[-1]["train_loss"] < stats[0]["train_loss"]
+    assert stats[-1]["val_num_samples"] == test.count()
+    assert "epoch 3:" in capsys.readouterr().out
+    assert (tmp_path / "ckpt" / "epoch=3.ckpt").exists()
+
+    result = est.evaluate(test, batch_size=128, **COLS)
+    assert result["Accuracy"] >= 0.9, result
+    assert result["Accuracy"] == pytest.approx(stats[-1]["val_accuracy"])
+    # a Ray Dataset: evaluated by Ray tasks, the same figures
+    on_ray = est.evaluate(test_dataset, batch_size=128, **COLS)
+    assert on_ray["num_samples"] == result["num_samples"]
+    assert on_ray["Accuracy"] == pytest.approx(result["Accuracy"])
+
+    pred = est.predict(test_dataset, feature_cols=["features"])
+    assert isinstance(pred, ray.data.Dataset)
+    rows = pred.take_all()
+    assert [r["id"] for r in rows] == list(range(test.count()))  # one per row, in order
+    hits = np.mean([int(np.argmax(r["prediction"])) == r["label"] for r in rows])
+    assert hits == pytest.approx(result["Accuracy"])
+
+    more = est.fit(test_dataset, epochs=1, batch_size=64, **COLS)  # a Ray Dataset trains too
+    assert [s["epoch"] for s in more] == [4]
+    assert more[0]["num_samples"] == test.count()
+
+
+def test_keras_trains_on_ray_with_identical_weights(frames, digits):
+    pytest.importorskip("tensorflow")
+    from test_estimator_keras import model_creator as keras_model
+
+    from sparkorca.data import XShards
+    from sparkorca.learn.tf2 import Estimator as KerasEstimator
+    train, test = frames
+    est = KerasEstimator.from_keras(model_creator=keras_model, backend="ray")
+    history = est.fit(train, epochs=3, batch_size=64, verbose=0, **COLS)
+    assert history["num_samples"] == [train.count()] * 3
+    assert len(est.worker_digests) == 2 and len(set(est.worker_digests)) == 1
+    result = est.evaluate(test, batch_size=128, **COLS)
+    assert result["validation_accuracy"] >= 0.9, result
+
+    _, x_test, _, y_test = digits
+    more = est.fit(XShards.partition({"x": x_test, "y": y_test}, num_shards=2), epochs=1,
+                   batch_size=64, verbose=0)
+    assert more["num_samples"] == [len(y_test)]
+
+
+class Exploding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(64, 10)
+
+    def forward(self, x):
+        raise ValueError("the model failed on purpose")
+
+
+def test_a_ray_worker_exception_fails_fit_and_leaves_no_actor(frames):
+    import ray
+    train, _ = frames
+    est = Estimator.from_torch(model=lambda config: Exploding(), optimizer=optimizer_creator,
+                               loss=nn.CrossEntropyLoss(), backend="ray")
+    with pytest.raises(OrcaRuntimeError, match="failed on purpose") as info:
+        est.fit(train, epochs=2, **COLS)
+    assert "worker" in str(info.value) and "in forward" in str(info.value)  # its traceback
+
+    def actors_gone():  # Ray titles an actor's process "ray::<class>..."
+        return not any("TrainWorker" in " ".join(p.info["cmdline"] or [])
+                       for p in psutil.process_iter(["cmdline"]))
+    wait_for(actors_gone, 30, "the workers' Ray actor processes to end")
+    wait_for(lambda: ray.available_resources().get("CPU") == 2, 30,
+             "the workers' CPUs to be free again")
+
+    with pytest.raises(InvalidArgumentError, match="workers_per_node"):
+        torch_estimator(workers_per_node=2).fit(train, **COLS)
