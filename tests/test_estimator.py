@@ -105,6 +105,10 @@ def test_shards_and_data_creators(frames, digits, shared_sc):
     stats = by_creator.fit(loader, epochs=2, batch_size=64, validation_data=loader)
     assert stats[-1]["val_num_samples"] == len(y_train)  # every sample once
     assert stats[-1]["val_accuracy"] >= 0.85, stats[-1]
+    # evaluate(creator) runs on the workers, each its share: the same figures
+    evaluated = by_creator.evaluate(loader)
+    assert evaluated["num_samples"] == len(y_train)
+    assert evaluated["Accuracy"] == pytest.approx(stats[-1]["val_accuracy"])
 
 
 class Exploding(nn.Module):

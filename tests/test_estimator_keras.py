@@ -12,6 +12,7 @@ from pyspark import cloudpickle
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("torch")
 
+from sparkorca.errors import InvalidArgumentError  # noqa: E402
 from sparkorca.learn.tf2 import Estimator  # noqa: E402
 
 pytestmark = pytest.mark.engine
@@ -97,3 +98,30 @@ def test_shards_and_an_uncompiled_model(digits, shared_sc):
     assert len(set(est.worker_digests)) == 1
     result = est.evaluate(XShards.partition({"x": x_test, "y": y_test}, num_shards=2))
     assert result["validation_accuracy"] >= 0.85, result
+
+
+def test_keras_callbacks_run_on_the_workers_with_the_global_logs(frames, tmp_path):
+    """EarlyStopping stops every worker after the same epoch (its logs are the
+    exact global ones), a LearningRateScheduler changes every worker's optimizer
+    alike, and a file-writing callback (CSVLogger) writes once, from rank 0."""
+    import csv
+
+    import keras
+    train, _ = frames
+    log = tmp_path / "epochs.csv"
+    est = Estimator.from_keras(model_creator=model_creator)
+    callbacks = [keras.callbacks.EarlyStopping(monitor="loss", min_delta=10.0, patience=0),
+                 keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.02 / (epoch + 1)),
+                 keras.callbacks.CSVLogger(str(log))]
+    history = est.fit(train, epochs=5, batch_size=64, verbose=0, callbacks=callbacks, **COLS)
+    assert len(history["loss"]) == 2  # no improvement of 10 after the first epoch: stop
+    assert len(set(est.worker_digests)) == 1
+    assert est.epoch == 2
+    with open(log) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert [float(r["loss"]) for r in rows] == pytest.approx(history["loss"], rel=1e-5)
+    assert float(rows[1]["learning_rate"]) == pytest.approx(0.01)
+
+    with pytest.raises(InvalidArgumentError, match="callbacks"):
+        est.fit(train, epochs=1, callbacks=["EarlyStopping"], **COLS)

@@ -58,7 +58,7 @@ def test_dataset(digits, shared_sc):
     return ray.data.from_arrow([table.slice(0, half), table.slice(half)])
 
 
-def test_torch_trains_on_ray_from_a_dataframe_and_a_ray_dataset(frames, test_dataset,
+def test_torch_trains_on_ray_from_a_dataframe_and_a_ray_dataset(frames, test_dataset, digits,
                                                                  tmp_path, capsys):
     import ray
     train, test = frames
@@ -85,6 +85,16 @@ def test_torch_trains_on_ray_from_a_dataframe_and_a_ray_dataset(frames, test_dat
     assert [r["id"] for r in rows] == list(range(test.count()))  # one per row, in order
     hits = np.mean([int(np.argmax(r["prediction"])) == r["label"] for r in rows])
     assert hits == pytest.approx(result["Accuracy"])
+
+    _, x_test, _, y_test = digits
+
+    def loader(config, batch_size):  # a data creator: evaluated by the workers
+        data = torch.utils.data.TensorDataset(torch.tensor(x_test, dtype=torch.float32),
+                                              torch.tensor(y_test))
+        return torch.utils.data.DataLoader(data, batch_size=batch_size)
+    by_workers = est.evaluate(loader)
+    assert by_workers["num_samples"] == len(y_test)
+    assert by_workers["Accuracy"] == pytest.approx(result["Accuracy"])
 
     more = est.fit(test_dataset, epochs=1, batch_size=64, **COLS)  # a Ray Dataset trains too
     assert [s["epoch"] for s in more] == [4]

@@ -13,7 +13,7 @@ them: no row passes through it. The holders
 from __future__ import annotations
 
 import secrets
-from typing import List, Optional
+from typing import Any, List, Optional
 
 HOLDER_PREFIX = "sparkorca-holder"
 
@@ -39,7 +39,7 @@ def _holder_class():
     return Holder
 
 
-def start_holders(tag: str) -> List[object]:
+def start_holders(tag: str) -> List[Any]:
     """One holder on every alive Ray node that has a Spark executor."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

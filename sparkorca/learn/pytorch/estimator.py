@@ -28,6 +28,7 @@ from .. import checkpoints, partitions
 from .. import metrics as metricmod
 from ..data import batch_arrays, check_batch_size, columns_for, is_creator
 from ..spark_estimator import (
+    FitInputs,
     Progress,
     SparkEstimator,
     check_backend,
@@ -135,12 +136,14 @@ class PyTorchSparkEstimator(SparkEstimator):
     def evaluate(self, data, batch_size=32, feature_cols=None, label_cols=None,
                  num_steps=None, reduce_results=True) -> dict:
         """Loss (``val_loss``), every metric under its name, and ``num_samples``,
-        computed exactly over all the data, one Spark task per partition."""
+        computed exactly over all the data: one task per partition (or Ray Dataset
+        block); a data creator's data by the workers, each its share."""
         batch_size = check_batch_size(batch_size)
         _reduced_only(reduce_results)
         if num_steps is not None:
             raise InvalidArgumentError("num_steps", num_steps, "None: evaluate reads all the data")
-        self._check_plain_data(data, "evaluate")
+        if is_creator(data):
+            return self._evaluate_on_workers(data, batch_size)
         cols = columns_for(data, feature_cols, label_cols, need_labels=True)
         blob = self._shipped(data, self._initial_state())
         body = functools.partial(worker.evaluate_partition, self.creators, blob, self.metrics,
@@ -150,6 +153,20 @@ class PyTorchSparkEstimator(SparkEstimator):
         finally:
             blob.unpersist()
         return worker.Evaluation.result(self.metrics, parts, self.creators.loss is not None)
+
+    def _evaluate_on_workers(self, creator, batch_size: int) -> dict:
+        """evaluate(data creator): the creator's data is on the workers, so they
+        evaluate it there (each its share), as fit's validation does."""
+        plan = self._worker_plan(creator)
+        inputs = FitInputs(self.epoch + 1, 0, batch_size, None, None, creator, False)
+        job = worker.TrainJob(
+            creators=self.creators, metrics=self.metrics, state=self._initial_state(),
+            first_epoch=inputs.first_epoch, epochs=0, batch_size=batch_size, cols=None,
+            data_creator=None, val_creator=creator, has_val=False, model_dir=None,
+            threads=plan.threads, evaluate_only=True)
+        result = self._run_workers(plan, worker.train_main, job, inputs, None, None,
+                                   Progress(0, False, quiet=True))
+        return result["results"]
 
     def predict(self, data, batch_size=32, feature_cols=None, output_cols=None):
         """``data`` with its predictions: a DataFrame gets a ``prediction`` column

@@ -71,6 +71,7 @@ class TrainJob:
     has_val: bool
     model_dir: Optional[str]
     threads: int
+    evaluate_only: bool = False  # evaluate(data creator): val_creator's data, no training
 
 
 def state_to_bytes(state: dict) -> bytes:
@@ -195,6 +196,8 @@ def train_main(job: TrainJob, ctx) -> Optional[dict]:
         rank, world = dist.get_rank(), dist.get_world_size()
         local_bs = max(1, job.batch_size // world)
         state = state_from_bytes(job.state) if job.state is not None else None
+        if job.evaluate_only:
+            return _evaluated_on_workers(job, state, rank, world, local_bs)
         model, optimizer, loss, scheduler = job.creators.build(state, train=True)
         ddp = DistributedDataParallel(model)
         val_batches: Optional[list] = None
@@ -263,6 +266,22 @@ def train_main(job: TrainJob, ctx) -> Optional[dict]:
         return {"state": base64.b64encode(blob).decode(), "history": history}
     finally:
         dist.destroy_process_group()
+
+
+def _evaluated_on_workers(job: TrainJob, state: Optional[dict], rank: int, world: int,
+                          local_bs: int) -> Optional[dict]:
+    """evaluate(data creator): each worker its share of the creator's data, the
+    figures exact over all of it."""
+    assert job.val_creator is not None
+    model, _, loss, _ = job.creators.build(state, train=False)
+    model.eval()
+    ev = Evaluation(job.metrics)
+    loader = _sharded_loader(job.val_creator(job.creators.config, local_bs), rank, world,
+                             shuffle=False)
+    for xs, ys in _loader_batches(loader):
+        ev.add(model, loss, xs, ys)
+    result = Evaluation.result(job.metrics, gather_json(ev.to_json()), loss is not None)
+    return {"results": result} if rank == 0 else None
 
 
 # -- evaluate and predict: one Spark task per partition ---------------------------------

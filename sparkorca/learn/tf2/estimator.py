@@ -114,11 +114,7 @@ class KerasSparkEstimator(SparkEstimator):
         accepted and not needed).
         """
         self._has_model()
-        if callbacks:
-            raise InvalidArgumentError("callbacks", callbacks, "None",
-                                       hint="Keras callbacks do not run on the workers yet; "
-                                       "per-epoch stats come back from fit() and "
-                                       "checkpoints go to model_dir")
+        callbacks = _keras_callbacks(callbacks)
         if class_weight is not None:
             raise InvalidArgumentError("class_weight", class_weight, "None")
         if steps_per_epoch is not None:
@@ -132,7 +128,8 @@ class KerasSparkEstimator(SparkEstimator):
                             validation_data, initial_epoch, self.epoch)
         plan = self._worker_plan(data)
         job = self._job(inputs, plan, data_config, steps_per_epoch, validation_freq,
-                        validation_steps=validation_steps if inputs.val_creator else None)
+                        validation_steps=validation_steps if inputs.val_creator else None,
+                        callbacks=callbacks)
         from pyspark import cloudpickle
 
         # the workers unpickle the job once they have chosen Keras' backend
@@ -141,7 +138,8 @@ class KerasSparkEstimator(SparkEstimator):
         result = self._run_workers(plan, worker.train_main, blob, inputs, data,
                                    validation_data, progress)
         self._state = base64.b64decode(result["state"])
-        self.epoch = inputs.first_epoch + inputs.epochs - 1
+        # the last epoch trained: a callback (EarlyStopping) may have ended fit sooner
+        self.epoch = result["history"][-1]["epoch"] if result["history"] else self.epoch
         self.worker_digests = result["digests"]
         return _keras_history(result["history"], epochs, verbose)
 
@@ -192,7 +190,8 @@ class KerasSparkEstimator(SparkEstimator):
         return {f"validation_{k}": v for k, v in result["results"].items()}
 
     def _job(self, inputs: FitInputs, plan, data_config, steps_per_epoch, validation_freq,
-             evaluate_only: bool = False, validation_steps=None) -> worker.KerasJob:
+             evaluate_only: bool = False, validation_steps=None,
+             callbacks: tuple = ()) -> worker.KerasJob:
         source = self.source
         if data_config:
             source = worker.ModelSource(**{**vars(source),
@@ -204,7 +203,7 @@ class KerasSparkEstimator(SparkEstimator):
             has_val=inputs.has_val, model_dir=self.model_dir,
             threads=plan.threads, steps_per_epoch=steps_per_epoch,
             validation_freq=validation_freq, evaluate_only=evaluate_only,
-            validation_steps=validation_steps)
+            validation_steps=validation_steps, callbacks=callbacks)
 
     def predict(self, data, batch_size=32, verbose=1, steps=None, callbacks=None,
                 data_config=None, feature_cols=None, output_cols=None):
@@ -305,6 +304,19 @@ class KerasSparkEstimator(SparkEstimator):
         self.epoch = state.epoch
 
     latest_checkpoint = staticmethod(checkpoints.latest_checkpoint)
+
+
+def _keras_callbacks(callbacks) -> tuple:
+    """fit's callbacks: Keras Callback instances (they run on the workers)."""
+    if not callbacks:
+        return ()
+    import keras
+    items = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+    for cb in items:
+        if not isinstance(cb, keras.callbacks.Callback):
+            raise InvalidArgumentError("callbacks", cb, "a list of keras.callbacks.Callback "
+                                       "instances")
+    return tuple(items)
 
 
 def _first_rows(data, cols) -> Any:

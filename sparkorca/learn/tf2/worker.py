@@ -149,6 +149,7 @@ class KerasJob:
     validation_freq: int
     evaluate_only: bool = False  # evaluate(data creator): val_creator's data, no training
     validation_steps: Optional[int] = None  # a cap for a creator's (maybe endless) dataset
+    callbacks: tuple = ()  # Keras callbacks, run on the workers (see Callbacks)
 
 
 # -- a model on batches ---------------------------------------------------------------
@@ -285,6 +286,50 @@ class GradientSync:
         return self.active
 
 
+# Callbacks that write files run on rank 0 only: the workers' weights and logs are
+# identical, and several processes writing one path would corrupt it.
+WRITERS = ("ModelCheckpoint", "BackupAndRestore", "TensorBoard", "CSVLogger")
+STATS_ONLY = ("epoch", "num_samples", "steps", "seconds", "samples_per_sec")
+
+
+class Callbacks:
+    """Keras callbacks on every worker, as ``Model.fit`` runs them: the epoch hooks
+    get the exact global logs (the same on every worker, so callbacks decide alike);
+    a worker's own step hooks get its local metrics. ``stop_training`` set on any
+    worker (EarlyStopping, TerminateOnNaN) stops all of them after that epoch."""
+
+    def __init__(self, callbacks, model, rank: int, epochs: int, steps: Optional[int]):
+        import keras
+        mine = [cb for cb in callbacks if rank == 0 or type(cb).__name__ not in WRITERS]
+        self.list = keras.callbacks.CallbackList(mine, model=model, epochs=epochs,
+                                                 steps=steps, verbose=0)
+        base = keras.callbacks.Callback
+        self.batch_hooks = any(type(cb).on_train_batch_end is not base.on_train_batch_end or
+                               type(cb).on_train_batch_begin is not base.on_train_batch_begin
+                               for cb in mine)
+        self.model = model
+        model.stop_training = False
+
+    def batch_begin(self, step: int) -> None:
+        if self.batch_hooks:
+            self.list.on_train_batch_begin(step)
+
+    def batch_end(self, step: int) -> None:
+        if self.batch_hooks:
+            self.list.on_train_batch_end(step, {k: v for k, v in
+                                                self.model.get_metrics_result().items()})
+
+    def epoch_end(self, epoch: int, stats: dict) -> bool:
+        """The epoch's hooks; whether training stops here (on every worker)."""
+        self.list.on_epoch_end(epoch - 1, logs(stats))
+        return any(gather_json(bool(self.model.stop_training)))
+
+
+def logs(stats: dict) -> dict:
+    """An epoch's stats as Keras' logs: the loss, the metrics and their val_*."""
+    return {k: v for k, v in stats.items() if k not in STATS_ONLY}
+
+
 def _creator_batches(creator, config: dict, batch_size: int, local_bs: int, rank: int,
                      world: int, steps: Optional[int] = None) -> Callable[[], Iterator[tuple]]:
     """This worker's share of what a data creator returns, as (x, y) batches of
@@ -388,11 +433,18 @@ def _train(job: KerasJob, ctx, rank: int, world: int) -> Optional[dict]:
         assert job.cols is not None
         feed, cols = ctx.get_data_feed(), job.cols
         train = lambda: _feed_epoch(feed, local_bs, cols)  # noqa: E731
-    history = []
+    history: list = []
     last = job.first_epoch + job.epochs - 1
+    calls = Callbacks(job.callbacks, model, rank, last, job.steps_per_epoch) \
+        if job.callbacks else None
+    if calls is not None:
+        calls.list.on_train_begin()
+    epoch = job.first_epoch - 1
     for epoch in range(job.first_epoch, last + 1):
         start = time.monotonic()
         model.reset_metrics()
+        if calls is not None:
+            calls.list.on_epoch_begin(epoch - 1)
         batches = train()
         steps = n = 0
         while True:
@@ -405,7 +457,11 @@ def _train(job: KerasJob, ctx, rank: int, world: int) -> Optional[dict]:
                 x, y = batch
                 rows = rows_of(x)
                 sync.weight = rows
+                if calls is not None:
+                    calls.batch_begin(steps)
                 _train_batch(model, n == 0, x, y)
+                if calls is not None:
+                    calls.batch_end(steps)
                 n += rows
             steps += 1
         if job.data_creator is None:
@@ -423,17 +479,26 @@ def _train(job: KerasJob, ctx, rank: int, world: int) -> Optional[dict]:
         stats["seconds"] = seconds
         stats["samples_per_sec"] = total / seconds if seconds else 0.0
         history.append(stats)
+        stop = calls is not None and calls.epoch_end(epoch, stats)
         if rank == 0:
             if job.model_dir:
                 epoch_checkpoints(job.model_dir, epoch,
                                   state_to_bytes(model_state(model, epoch)))
-            ctx.report({"stats": stats, "last": epoch == last})
+            ctx.report({"stats": stats, "last": epoch == last or stop})
+        if stop:
+            if job.data_creator is None:
+                for _ in range(last - epoch):  # the feed's remaining epochs must be taken
+                    for _ in train():
+                        pass
+            break
+    if calls is not None:
+        calls.list.on_train_end(logs(history[-1]) if history else None)
     digests = gather_json(weights_digest(model))
     if len(set(digests)) != 1:
         raise RuntimeError(f"the workers' weights differ after fit: {digests}")
     if rank != 0:
         return None
-    blob = state_to_bytes(model_state(model, last))
+    blob = state_to_bytes(model_state(model, epoch))
     return {"state": base64.b64encode(blob).decode(), "history": history,
             "digests": digests}
 
