@@ -15,6 +15,11 @@ nn = torch.nn
 
 from sparkorca.learn.metrics import Accuracy  # noqa: E402
 from sparkorca.learn.pytorch import Estimator  # noqa: E402
+from sparkorca.learn.pytorch.callbacks import (  # noqa: E402
+    Callback,
+    MainCallback,
+    ModelCheckpoint,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -23,6 +28,9 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 shared_sc = shared_context(cluster_mode="local-cluster", num_nodes=2, cores=1, memory="1g",
                            conf=QUIET)
+
+
+COLS = {"feature_cols": ["features"], "label_cols": ["label"]}
 
 
 def model_creator(config):
@@ -139,3 +147,66 @@ def test_bad_columns_fail_before_any_job(frames):
     with pytest.raises(InvalidArgumentError, match="workers_per_node"):
         estimator(workers_per_node=4).fit(train, feature_cols=["features"],
                                           label_cols=["label"])
+
+
+class HookLog(Callback):
+    """Rank 0 appends each epoch-level hook and the runner's epoch count to a file;
+    after the second epoch it asks to stop."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def _log(self, runner, hook):
+        if runner.rank == 0:
+            with open(self.path, "a") as f:
+                f.write(f"{hook} {runner.epochs}\n")
+
+    def before_run(self, runner):
+        self._log(runner, "before_run")
+
+    def before_train_epoch(self, runner):
+        self._log(runner, "before_train_epoch")
+
+    def after_val_epoch(self, runner):
+        self._log(runner, "after_val_epoch")
+
+    def after_train_epoch(self, runner):
+        self._log(runner, "after_train_epoch")
+        assert runner.epoch_stats["epoch"] == runner.epochs
+        if runner.epochs == 2:
+            runner.stop = True
+
+    def after_run(self, runner):
+        self._log(runner, "after_run")
+
+
+class NoStep(MainCallback):
+    """A replaced training step: backward (DDP's gradient sync needs it) but no
+    optimizer step, so the weights stay as they were."""
+
+    def on_iter_backward(self, runner):
+        runner.optimizer.zero_grad()
+        runner.loss.backward()
+
+
+def test_orca_callbacks_run_on_the_workers(frames, tmp_path):
+    train, test = frames
+    log = tmp_path / "hooks.txt"
+    est = estimator()
+    stats = est.fit(train, epochs=5, batch_size=64, validation_data=test,
+                    callbacks=[HookLog(str(log)), ModelCheckpoint(str(tmp_path / "ckpt"))],
+                    **COLS)
+    assert [s["epoch"] for s in stats] == [1, 2]  # stopped on every worker after epoch 2
+    assert est.epoch == 2
+    assert log.read_text().split("\n")[:-1] == [
+        "before_run 0", "before_train_epoch 0", "after_val_epoch 0", "after_train_epoch 1",
+        "before_train_epoch 1", "after_val_epoch 1", "after_train_epoch 2", "after_run 2"]
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == \
+        {"epoch=1.ckpt", "epoch=2.ckpt", "last.ckpt"}
+    again = estimator()
+    again.load_checkpoint(str(tmp_path / "ckpt" / "last.ckpt"))
+    assert again.evaluate(test, **COLS) == est.evaluate(test, **COLS)
+
+    before = est.evaluate(test, **COLS)
+    est.fit(train, epochs=1, batch_size=64, callbacks=[NoStep()], **COLS)
+    assert est.evaluate(test, **COLS) == before  # the MainCallback's step was the one run

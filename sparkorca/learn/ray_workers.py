@@ -14,6 +14,7 @@ and returns the trained state. Every fit's actors end with it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import socket
@@ -55,12 +56,13 @@ def plan(workers_per_node: int) -> Plan:
              if n["Alive"] and n["Resources"].get("CPU", 0) >= 1]
     if not nodes:
         raise OrcaRuntimeError("the Ray cluster has no node with a CPU for the workers")
-    cpus = min(c for _, c in nodes) / workers_per_node
-    if cpus < 1:
+    smallest = min(c for _, c in nodes)
+    if smallest < workers_per_node:
         raise InvalidArgumentError(
             "workers_per_node", workers_per_node,
-            f"at most {int(min(c for _, c in nodes))}: each worker takes one CPU or more and "
-            f"the smallest Ray node has {min(c for _, c in nodes):g}")
+            f"at most {int(smallest)}: each worker takes one CPU or more and the smallest "
+            f"Ray node has {smallest:g}")
+    cpus = math.floor(smallest / workers_per_node * 1e4) / 1e4  # Ray's CPU granularity
     return Plan([node for node, _ in nodes for _ in range(workers_per_node)], cpus)
 
 
@@ -98,7 +100,6 @@ class RayFeed:
         self._batches: Optional[Iterator[Any]] = None
 
     def _epoch(self, size: int) -> Iterator[Any]:
-        import pyarrow as pa
         import ray
         held: list = []
         rows = 0
@@ -111,10 +112,10 @@ class RayFeed:
                 held.append(part)
                 rows += part.num_rows
                 if rows == size:
-                    yield pa.concat_tables(held) if len(held) > 1 else held[0]
+                    yield _joined(held)
                     held, rows = [], 0
         if held:
-            yield pa.concat_tables(held)
+            yield _joined(held)
 
     def next_batch_arrow(self, size: int):
         if self._batches is None:
@@ -123,6 +124,14 @@ class RayFeed:
         if table is None or table.num_rows < size:
             self._batches = None
         return table
+
+
+def _joined(tables: list):
+    """One batch of table slices (blocks of one Dataset may differ in type, e.g.
+    pandas shards whose dtypes vary: promoted to a common one)."""
+    import pyarrow as pa
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables,
+                                                               promote_options="permissive")
 
 
 class WorkerContext:
@@ -216,7 +225,7 @@ def run_workers(plan_: Plan, main: Callable, job: Any, cols: Optional[Columns], 
                 if source is not None:
                     for i, share in enumerate(shares(dataset_of(source, cols, actors), n)):
                         per_worker[i][name] = share
-        blob = ByValue(functools.partial(main, job))
+        blob = ray.put(ByValue(functools.partial(main, job)))  # once, not per worker
         progress = Queue(actor_options={"num_cpus": 0})
         actors.append(progress.actor)
         cls = _worker_class()
@@ -224,26 +233,32 @@ def run_workers(plan_: Plan, main: Callable, job: Any, cols: Optional[Columns], 
                                scheduling_strategy=NodeAffinitySchedulingStrategy(
                                    node, soft=False)).remote() for node in plan_.nodes]
         actors.extend(workers)
-        master = _started(workers[0].address.remote(), n)
+        master = _started(workers, plan_)
         # the refs travel nested in a dict: Ray hands them over as refs, not values
         refs = [w.run.remote(blob, _torch_env(rank, plan_, master), per_worker[rank],
                              progress) for rank, w in enumerate(workers)]
         results = _wait(refs, progress, on_progress)
     finally:
         for actor in actors:
-            ray.kill(actor)
+            try:
+                ray.kill(actor)
+            except Exception:  # Ray already gone: nothing left to end; keep the first error
+                pass
     return results[0]
 
 
-def _started(address_ref, n: int) -> tuple:
+def _started(workers: list, plan_: Plan) -> tuple:
+    """Rank 0's address, once every worker runs: one that cannot be placed (its CPUs
+    are taken by other actors) fails here, not in the process group's 30 minutes."""
     import ray
-    ready, _ = ray.wait([address_ref], timeout=ACTORS_TIMEOUT)
-    if not ready:
+    refs = [w.address.remote() for w in workers]
+    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=ACTORS_TIMEOUT)
+    if pending:
         raise StartupTimeoutError(
-            f"timed out after {ACTORS_TIMEOUT:g}s waiting for the first of {n} Estimator "
-            f"workers (Ray actors) to start; Ray's free resources: "
-            f"{ray.available_resources()}")
-    return ray.get(ready[0])
+            f"timed out after {ACTORS_TIMEOUT:g}s waiting for the Estimator's workers (Ray "
+            f"actors of {plan_.cpus:g} CPU each) to start: {len(ready)} of {len(refs)} "
+            f"running; Ray's free resources: {ray.available_resources()}")
+    return ray.get(refs[0])
 
 
 def _wait(refs: list, progress, on_progress: Callable[[dict], None]) -> list:

@@ -152,26 +152,29 @@ class SparkEstimator:
 
     # -- where it runs ---------------------------------------------------------
     def _sc(self):
-        if self._shut:
-            raise OrcaRuntimeError("this Estimator has been shut down")
+        self._check_open()
         running = context.current()
         if running is None or running.sc is None:
             raise NoContextError("the Estimator's spark backend needs a running context: "
                                  "init_orca_context(...) first")
         return running.sc
 
-    def _worker_plan(self, data):
-        """Where fit's workers run; checked before anything starts."""
+    def _check_open(self) -> None:
         if self._shut:
             raise OrcaRuntimeError("this Estimator has been shut down")
+
+    def _worker_plan(self, data, validation_data=None):
+        """Where fit's workers run; checked before anything starts."""
+        self._check_open()
         if self.backend == "ray":
             from . import ray_workers
             return ray_workers.plan(self.workers_per_node)
-        if is_ray_dataset(data):
-            raise InvalidArgumentError("data", "a Ray Dataset", "a Spark DataFrame, Shards or "
-                                       "a data creator on the 'spark' backend",
-                                       hint="from_torch/from_keras(backend='ray') trains on "
-                                       "Ray Datasets")
+        for name, value in (("data", data), ("validation_data", validation_data)):
+            if is_ray_dataset(value):
+                raise InvalidArgumentError(name, "a Ray Dataset", "a Spark DataFrame, Shards "
+                                           "or a data creator on the 'spark' backend",
+                                           hint="from_torch/from_keras(backend='ray') trains "
+                                           "on Ray Datasets")
         sc = self._sc()
         n = self._num_workers(sc)
         self._check_slots(sc, n)
@@ -181,8 +184,7 @@ class SparkEstimator:
         """``value`` for evaluate's / predict's tasks: a Spark broadcast, or sent with
         the function to Ray's tasks."""
         if is_ray_dataset(data):
-            if self._shut:
-                raise OrcaRuntimeError("this Estimator has been shut down")
+            self._check_open()
             return Shipped(value)
         return self._sc().broadcast(value)
 
@@ -294,9 +296,11 @@ class SparkEstimator:
                 raise InvalidArgumentError("output_cols", output,
                                            f"a name not among the columns {data.columns()}")
             from .ray_workers import ByValue
-            return data.map_batches(
+            out = data.map_batches(
                 functools.partial(_predicted_block, ByValue(frame_body), output),
                 batch_format="pyarrow", batch_size=None)
+            out.context.execution_options.preserve_order = True  # rows stay in order
+            return out
         from pyspark.sql import DataFrame
         if isinstance(data, DataFrame):
             if output in data.columns:

@@ -37,6 +37,7 @@ from ..spark_estimator import (
     output_column,
     spark_type_of,
 )
+from . import callbacks as callbacks_mod
 from . import worker
 
 log = logging.getLogger(__name__)
@@ -100,10 +101,7 @@ class PyTorchSparkEstimator(SparkEstimator):
         ``initial_epoch=k`` (Keras' meaning) trains epochs k+1 .. ``epochs``.
         """
         _reduced_only(reduce_results)
-        if callbacks:
-            raise InvalidArgumentError("callbacks", callbacks, "None",
-                                       hint="per-epoch stats come back from fit(); "
-                                       "checkpoints go to model_dir")
+        callbacks = callbacks_mod.checked(callbacks)
         if checkpoint_trigger is not None and \
                 type(checkpoint_trigger).__name__ != "EveryEpoch" and \
                 str(checkpoint_trigger).lower() != "everyepoch":
@@ -117,19 +115,20 @@ class PyTorchSparkEstimator(SparkEstimator):
                                        "torch.optim.Optimizer (fit needs one)")
         if self.creators.loss is None:
             raise InvalidArgumentError("loss", None, "a torch loss (fit needs one)")
-        plan = self._worker_plan(data)
+        plan = self._worker_plan(data, validation_data)
         job = worker.TrainJob(
             creators=self.creators, metrics=self.metrics, state=self._initial_state(),
             first_epoch=inputs.first_epoch, epochs=inputs.epochs,
             batch_size=inputs.batch_size, cols=inputs.cols,
             data_creator=inputs.data_creator, val_creator=inputs.val_creator,
             has_val=inputs.has_val, model_dir=self.model_dir,
-            threads=plan.threads)
+            threads=plan.threads, callbacks=tuple(callbacks))
         progress = Progress(job.first_epoch + job.epochs - 1, self.use_tqdm)
         result = self._run_workers(plan, worker.train_main, job, inputs, data,
                                    validation_data, progress)
         self._state = base64.b64decode(result["state"])
-        self.epoch = job.first_epoch + job.epochs - 1
+        # the last epoch trained: a callback may have stopped fit sooner
+        self.epoch = result["history"][-1]["epoch"] if result["history"] else self.epoch
         return result["history"]
 
     # -- evaluate / predict ----------------------------------------------------

@@ -24,6 +24,8 @@ from ..checkpoints import epoch_checkpoints
 from ..data import Columns, batch_arrays, is_creator
 from ..gloo import gather_json
 from ..partitions import chunks, feed_batches
+from .callbacks import MainCallback
+from .runner import Runner
 
 
 @dataclasses.dataclass
@@ -72,6 +74,7 @@ class TrainJob:
     model_dir: Optional[str]
     threads: int
     evaluate_only: bool = False  # evaluate(data creator): val_creator's data, no training
+    callbacks: tuple = ()  # Orca's callbacks, the MainCallback first (callbacks.checked)
 
 
 def state_to_bytes(state: dict) -> bytes:
@@ -124,13 +127,18 @@ class Evaluation:
         import torch
         with torch.no_grad():
             out = model(*[_tensor(x) for x in xs])
-            targets = [_tensor(y) for y in ys]
-            n = len(ys[0])
-            if loss is not None:
-                self.loss_sum += float(_criterion(loss, out, targets)) * n
-            first = _outputs(out)[0].detach().numpy()
-            for m in self.metrics:
-                m.update(first, ys[0])
+            value = _criterion(loss, out, [_tensor(y) for y in ys]) \
+                if loss is not None else None
+            self.add_output(out, value, ys)
+
+    def add_output(self, out, loss_value, ys) -> None:
+        """A batch the model has seen: its outputs, loss (None: no loss) and targets."""
+        n = len(ys[0])
+        if loss_value is not None:
+            self.loss_sum += float(loss_value) * n
+        first = _outputs(out)[0].detach().numpy()
+        for m in self.metrics:
+            m.update(first, ys[0])
         self.n += n
 
     def to_json(self) -> dict:
@@ -212,28 +220,54 @@ def train_main(job: TrainJob, ctx) -> Optional[dict]:
                 val_loader = _sharded_loader(job.val_creator(job.creators.config, local_bs),
                                              rank, world, shuffle=False)
         feed = ctx.get_data_feed() if job.cols is not None else None
+
+        def epoch_batches() -> Iterator[tuple]:
+            if feed is not None and job.cols is not None:
+                return feed_batches(feed, local_bs, job.cols)
+            return _loader_batches(train_loader)
+
+        callbacks = list(job.callbacks) or [MainCallback()]
+        main = callbacks[0]
+        last_epoch = job.first_epoch + job.epochs - 1
+        runner = Runner(
+            model=model, ddp=ddp, optimizer=optimizer, scheduler=scheduler, criterion=loss,
+            config=job.creators.config, callbacks=callbacks, first_epoch=job.first_epoch,
+            num_epochs=last_epoch, rank=rank, size=world,
+            num_features=len(job.cols.features) if job.cols is not None else -1,
+            state_of=lambda weights_only: state_to_bytes(
+                {"epoch": runner.epochs, "models": [model.state_dict()]} if weights_only
+                else make_state(runner.epochs, model, optimizer, scheduler)))
         history = []
-        for epoch in range(job.first_epoch, job.first_epoch + job.epochs):
+        runner.call("before_run")
+        for epoch in range(job.first_epoch, last_epoch + 1):
             start = time.monotonic()
+            runner.mode = "train"
+            runner.epoch_stats = None
             model.train()
             if train_loader is not None and hasattr(train_loader.sampler, "set_epoch"):
                 train_loader.sampler.set_epoch(epoch)
-            batches = feed_batches(feed, local_bs, job.cols) \
-                if feed is not None and job.cols is not None else _loader_batches(train_loader)
+            runner.call("before_train_epoch")
+            batches = epoch_batches()
             loss_sum, n, count, last = 0.0, 0, 0, float("nan")
             with ddp.join():  # workers' batch counts differ: the feed is not padded
-                for xs, ys in batches:
-                    optimizer.zero_grad()
-                    out = ddp(*[_tensor(x) for x in xs])
-                    value = _criterion(loss, out, [_tensor(y) for y in ys])
-                    value.backward()
-                    optimizer.step()
-                    last = float(value.detach())
+                for index, (xs, ys) in enumerate(batches):
+                    _set_batch(runner, index, xs, ys)
+                    runner.call("before_train_iter")
+                    main.on_train_forward(runner)
+                    main.on_iter_backward(runner)
+                    last = float(runner.loss.detach())
                     loss_sum += last * len(ys[0])
                     n += len(ys[0])
                     count += 1
-            if scheduler is not None:
-                scheduler.step()
+                    runner.metrics_stats = {"train_loss": last, "num_samples": len(ys[0])}
+                    runner.global_step += 1
+                    runner.call("after_train_iter")
+                    if runner.stop:
+                        break
+            if feed is not None:
+                for _ in batches:  # a stopped epoch's rest: the feed's epoch must be taken
+                    pass
+            main.on_lr_adjust(runner)
             parts = gather_json({"loss_sum": loss_sum, "n": n, "count": count, "last": last})
             total = sum(p["n"] for p in parts)
             stats = {"epoch": epoch, "num_samples": total,
@@ -243,29 +277,60 @@ def train_main(job: TrainJob, ctx) -> Optional[dict]:
                      "last_train_loss": float(np.nanmean([p["last"] for p in parts]))
                      if any(p["count"] for p in parts) else float("nan")}
             if val_batches is not None or val_loader is not None:
-                model.eval()
-                ev = Evaluation(job.metrics)
-                for xs, ys in (val_batches if val_batches is not None
-                               else _loader_batches(val_loader)):
-                    ev.add(model, loss, xs, ys)
-                stats.update(Evaluation.result(job.metrics, gather_json(ev.to_json()),
-                                               loss is not None, prefix="val_", lower=True))
+                stats.update(_validated(runner, main, job, val_batches, val_loader))
             seconds = time.monotonic() - start
             stats["seconds"] = seconds
             stats["samples_per_sec"] = total / seconds if seconds else 0.0
             history.append(stats)
+            runner.epochs = epoch
+            runner.epoch_stats = stats
+            runner.call("after_train_epoch")
+            stop = any(gather_json(bool(runner.stop)))  # every worker ends after this epoch
             if rank == 0:
                 if job.model_dir:
                     epoch_checkpoints(job.model_dir, epoch, state_to_bytes(
                         make_state(epoch, model, optimizer, scheduler)))
-                ctx.report({"stats": stats, "last": epoch == job.first_epoch + job.epochs - 1})
+                ctx.report({"stats": stats, "last": epoch == last_epoch or stop})
+            if stop:
+                if feed is not None:
+                    for _ in range(last_epoch - epoch):  # the feed's remaining epochs
+                        for _ in epoch_batches():
+                            pass
+                break
+        runner.call("after_run")
         if rank != 0:
             return None
-        blob = state_to_bytes(make_state(job.first_epoch + job.epochs - 1, model, optimizer,
-                                         scheduler))
+        blob = state_to_bytes(make_state(runner.epochs, model, optimizer, scheduler))
         return {"state": base64.b64encode(blob).decode(), "history": history}
     finally:
         dist.destroy_process_group()
+
+
+def _set_batch(runner, index: int, xs: list, ys: list) -> None:
+    runner.batch = tuple(_tensor(a) for a in list(xs) + list(ys))
+    runner.batch_idx = index
+    runner._num_features = len(xs)
+
+
+def _validated(runner, main, job: TrainJob, val_batches, val_loader) -> dict:
+    """The validation pass of an epoch, through the MainCallback's forward and the
+    val hooks; the figures exact over every worker's data."""
+    import torch
+    runner.mode = "val"
+    runner.models[0].eval()
+    runner.call("before_val_epoch")
+    ev = Evaluation(job.metrics)
+    with torch.no_grad():
+        for index, (xs, ys) in enumerate(val_batches if val_batches is not None
+                                         else _loader_batches(val_loader)):
+            _set_batch(runner, index, xs, ys)
+            runner.call("before_val_iter")
+            main.on_val_forward(runner)
+            ev.add_output(runner.output, runner.loss, ys)
+            runner.call("after_val_iter")
+    runner.call("after_val_epoch")
+    return Evaluation.result(job.metrics, gather_json(ev.to_json()),
+                             runner.criterion is not None, prefix="val_", lower=True)
 
 
 def _evaluated_on_workers(job: TrainJob, state: Optional[dict], rank: int, world: int,

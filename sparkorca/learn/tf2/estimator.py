@@ -126,7 +126,7 @@ class KerasSparkEstimator(SparkEstimator):
             raise InvalidArgumentError("data_config", data_config, "None or a dict")
         inputs = fit_inputs(data, epochs, batch_size, feature_cols, label_cols,
                             validation_data, initial_epoch, self.epoch)
-        plan = self._worker_plan(data)
+        plan = self._worker_plan(data, validation_data)
         job = self._job(inputs, plan, data_config, steps_per_epoch, validation_freq,
                         validation_steps=validation_steps if inputs.val_creator else None,
                         callbacks=callbacks)

@@ -1,0 +1,151 @@
+"""Orca's PyTorch callbacks (``bigdl.orca.learn.pytorch.callbacks``, 2.3+): hooks
+that every worker calls with its ``runner`` (``learn.pytorch.runner.Runner``).
+
+    class LogLR(Callback):
+        def after_train_epoch(self, runner):
+            print(runner.epochs, runner.optimizer.param_groups[0]["lr"])
+
+    est.fit(df, epochs=3, ..., callbacks=[LogLR(), ModelCheckpoint("/ckpt")])
+
+The training step itself is ``MainCallback``'s (forward, backward, the
+optimizer's step, the scheduler's step per epoch): pass one subclass of it to
+change the step; the default is used otherwise. Setting ``runner.stop`` ends the
+worker's epoch there, and fit ends after that epoch on every worker (they agree).
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+from ...errors import InvalidArgumentError
+
+
+class Callback:
+    """Every hook takes the worker's runner and does nothing by default; the train,
+    val and pred variants fall through to ``before/after_epoch`` and
+    ``before/after_iter``."""
+
+    def before_run(self, runner) -> None:
+        pass
+
+    def after_run(self, runner) -> None:
+        pass
+
+    def before_epoch(self, runner) -> None:
+        pass
+
+    def after_epoch(self, runner) -> None:
+        pass
+
+    def before_iter(self, runner) -> None:
+        pass
+
+    def after_iter(self, runner) -> None:
+        pass
+
+    def before_train_epoch(self, runner) -> None:
+        self.before_epoch(runner)
+
+    def after_train_epoch(self, runner) -> None:
+        self.after_epoch(runner)
+
+    def before_val_epoch(self, runner) -> None:
+        self.before_epoch(runner)
+
+    def after_val_epoch(self, runner) -> None:
+        self.after_epoch(runner)
+
+    def before_train_iter(self, runner) -> None:
+        self.before_iter(runner)
+
+    def after_train_iter(self, runner) -> None:
+        self.after_iter(runner)
+
+    def before_val_iter(self, runner) -> None:
+        self.before_iter(runner)
+
+    def after_val_iter(self, runner) -> None:
+        self.after_iter(runner)
+
+    def every_n_iter(self, runner, n: int) -> bool:
+        return (runner.global_step + 1) % n == 0 if n > 0 else False
+
+    def every_n_epoch(self, runner, n: int) -> bool:
+        return runner.epochs % n == 0 if n > 0 else False
+
+
+class MainCallback(Callback):
+    """The training and validation step. ``runner.batch`` is ``(*features, *targets)``;
+    a step sets ``runner.output``, ``runner.target`` and ``runner.loss``."""
+
+    def on_train_forward(self, runner) -> None:
+        self.on_iter_forward(runner)
+
+    def on_val_forward(self, runner) -> None:
+        self.on_iter_forward(runner)
+
+    def on_iter_forward(self, runner) -> None:
+        features, targets = runner.split_batch()
+        runner.output = runner.model(*features)
+        runner.target = targets[0] if len(targets) == 1 else targets
+        outputs = list(runner.output) if isinstance(runner.output, (list, tuple)) \
+            else [runner.output]
+        runner.loss = runner.criterion(*outputs, *targets) \
+            if runner.criterion is not None else None
+
+    def on_iter_backward(self, runner) -> None:
+        runner.optimizer.zero_grad()
+        runner.loss.backward()
+        runner.optimizer.step()
+
+    def on_lr_adjust(self, runner) -> None:
+        if runner.scheduler is not None:
+            runner.scheduler.step()
+
+
+class ModelCheckpoint(Callback):
+    """Orca's: the state every ``interval`` epochs as ``<dir>/epoch=N.ckpt`` (and
+    ``last.ckpt`` at the end of fit), written by rank 0 to any fsspec path;
+    ``save_weights_only``: the models' weights alone. ``by_epoch=False`` counts
+    steps instead (``iter=N.ckpt``)."""
+
+    def __init__(self, filepath: str = "", save_weights_only: bool = False,
+                 by_epoch: bool = True, interval: int = -1) -> None:
+        if not isinstance(filepath, str) or not filepath:
+            raise InvalidArgumentError("filepath", filepath, "a directory path or URL")
+        self.dirpath = filepath.rstrip("/")
+        self.save_weights_only = bool(save_weights_only)
+        self.by_epoch = bool(by_epoch)
+        self.interval = 1 if interval is None or interval < 1 else int(interval)
+
+    def after_train_epoch(self, runner) -> None:
+        if self.by_epoch and self.every_n_epoch(runner, self.interval):
+            runner.save_checkpoint(f"{self.dirpath}/epoch={runner.epochs}.ckpt",
+                                   self.save_weights_only)
+
+    def after_train_iter(self, runner) -> None:
+        if not self.by_epoch and self.every_n_iter(runner, self.interval):
+            runner.save_checkpoint(f"{self.dirpath}/iter={runner.global_step}.ckpt",
+                                   self.save_weights_only)
+
+    def after_run(self, runner) -> None:
+        runner.save_checkpoint(f"{self.dirpath}/last.ckpt", self.save_weights_only)
+
+
+def checked(callbacks) -> List[Callback]:
+    """fit's callbacks, with exactly one MainCallback, first (the default one unless
+    the program passed its own subclass)."""
+    if not callbacks:
+        return [MainCallback()]
+    items = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+    for cb in items:
+        if not isinstance(cb, Callback):
+            raise InvalidArgumentError("callbacks", cb, "a list of sparkorca.learn.pytorch."
+                                       "callbacks.Callback instances")
+    mains = [cb for cb in items if isinstance(cb, MainCallback)]
+    if len(mains) > 1:
+        raise InvalidArgumentError("callbacks", mains, "at most one MainCallback")
+    return (mains or [MainCallback()]) + [cb for cb in items if not isinstance(cb, MainCallback)]
+
+
+__all__ = ["Callback", "MainCallback", "ModelCheckpoint"]
