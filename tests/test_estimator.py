@@ -151,7 +151,7 @@ def test_bad_columns_fail_before_any_job(frames):
 
 class HookLog(Callback):
     """Rank 0 appends each epoch-level hook and the runner's epoch count to a file;
-    after the second epoch it asks to stop."""
+    rank 1 asks to stop during the second epoch."""
 
     def __init__(self, path):
         self.path = path
@@ -163,6 +163,7 @@ class HookLog(Callback):
 
     def before_run(self, runner):
         self._log(runner, "before_run")
+        print(f"rank {runner.rank} starts")  # log_to_driver shows it on the driver
 
     def before_train_epoch(self, runner):
         self._log(runner, "before_train_epoch")
@@ -173,7 +174,11 @@ class HookLog(Callback):
     def after_train_epoch(self, runner):
         self._log(runner, "after_train_epoch")
         assert runner.epoch_stats["epoch"] == runner.epochs
-        if runner.epochs == 2:
+
+    def after_train_iter(self, runner):
+        # one worker alone stops, in the middle of the second epoch: every worker
+        # must end after that epoch (none left waiting in an all-reduce)
+        if runner.rank == 1 and runner.epochs == 1 and runner.batch_idx == 2:
             runner.stop = True
 
     def after_run(self, runner):
@@ -189,20 +194,23 @@ class NoStep(MainCallback):
         runner.loss.backward()
 
 
-def test_orca_callbacks_run_on_the_workers(frames, tmp_path):
+def test_orca_callbacks_run_on_the_workers(frames, tmp_path, capsys):
     train, test = frames
     log = tmp_path / "hooks.txt"
     est = estimator()
     stats = est.fit(train, epochs=5, batch_size=64, validation_data=test,
-                    callbacks=[HookLog(str(log)), ModelCheckpoint(str(tmp_path / "ckpt"))],
+                    callbacks=[HookLog(str(log)),
+                               ModelCheckpoint(str(tmp_path / "ckpt" / "digits-{epoch}"))],
                     **COLS)
     assert [s["epoch"] for s in stats] == [1, 2]  # stopped on every worker after epoch 2
     assert est.epoch == 2
+    printed = capsys.readouterr().out
+    assert "(worker 0) rank 0 starts" in printed and "(worker 1) rank 1 starts" in printed
     assert log.read_text().split("\n")[:-1] == [
         "before_run 0", "before_train_epoch 0", "after_val_epoch 0", "after_train_epoch 1",
         "before_train_epoch 1", "after_val_epoch 1", "after_train_epoch 2", "after_run 2"]
     assert {p.name for p in (tmp_path / "ckpt").iterdir()} == \
-        {"epoch=1.ckpt", "epoch=2.ckpt", "last.ckpt"}
+        {"digits-epoch=1.ckpt", "digits-epoch=2.ckpt", "last.ckpt"}  # Orca's names
     again = estimator()
     again.load_checkpoint(str(tmp_path / "ckpt" / "last.ckpt"))
     assert again.evaluate(test, **COLS) == est.evaluate(test, **COLS)

@@ -2,6 +2,7 @@
 two workers) and real Keras 3 (the workers on its torch backend, the driver and the
 evaluate / predict tasks on TensorFlow's), on scikit-learn's digits."""
 
+import os
 import sys
 
 import numpy as np
@@ -45,6 +46,11 @@ def model_creator(config):
 
 
 COLS = {"feature_cols": ["features"], "label_cols": ["label"]}
+
+
+def keras_callback_base():
+    import keras
+    return keras.callbacks.Callback
 
 
 def test_fit_evaluate_predict_save_load_on_a_dataframe(frames, tmp_path, capsys):
@@ -100,21 +106,46 @@ def test_shards_and_an_uncompiled_model(digits, shared_sc):
     assert result["validation_accuracy"] >= 0.85, result
 
 
+class StopOnRank1(keras_callback_base()):
+    """One worker alone asks to stop, after the second epoch."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if os.environ.get("RANK") == "1" and epoch == 1:
+            self.model.stop_training = True
+
+
+class BatchCounter(keras_callback_base()):
+    """Counts rank 0's batches through the old-style hook (as TerminateOnNaN has it)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path, self.count = path, 0
+
+    def on_batch_end(self, batch, logs=None):
+        self.count += 1
+
+    def on_train_end(self, logs=None):
+        if os.environ.get("RANK") == "0":
+            with open(self.path, "w") as f:
+                f.write(str(self.count))
+
+
 def test_keras_callbacks_run_on_the_workers_with_the_global_logs(frames, tmp_path):
-    """EarlyStopping stops every worker after the same epoch (its logs are the
-    exact global ones), a LearningRateScheduler changes every worker's optimizer
-    alike, and a file-writing callback (CSVLogger) writes once, from rank 0."""
+    """A stop asked by one worker ends every worker after the same epoch, a
+    LearningRateScheduler changes every worker's optimizer alike (the weights stay
+    identical), batch hooks run, and a file-writing callback (CSVLogger) writes
+    once, from rank 0, the global logs."""
     import csv
 
     import keras
     train, _ = frames
-    log = tmp_path / "epochs.csv"
+    log, batches = tmp_path / "epochs.csv", tmp_path / "batches"
     est = Estimator.from_keras(model_creator=model_creator)
-    callbacks = [keras.callbacks.EarlyStopping(monitor="loss", min_delta=10.0, patience=0),
+    callbacks = [StopOnRank1(),
                  keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.02 / (epoch + 1)),
-                 keras.callbacks.CSVLogger(str(log))]
+                 keras.callbacks.CSVLogger(str(log)), BatchCounter(str(batches))]
     history = est.fit(train, epochs=5, batch_size=64, verbose=0, callbacks=callbacks, **COLS)
-    assert len(history["loss"]) == 2  # no improvement of 10 after the first epoch: stop
+    assert len(history["loss"]) == 2  # stopped after epoch 2 on both workers
     assert len(set(est.worker_digests)) == 1
     assert est.epoch == 2
     with open(log) as f:
@@ -122,6 +153,10 @@ def test_keras_callbacks_run_on_the_workers_with_the_global_logs(frames, tmp_pat
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert [float(r["loss"]) for r in rows] == pytest.approx(history["loss"], rel=1e-5)
     assert float(rows[1]["learning_rate"]) == pytest.approx(0.01)
+    assert 0 < int(batches.read_text()) <= 2 * train.count() // 32 + 2  # rank 0's batches
 
     with pytest.raises(InvalidArgumentError, match="callbacks"):
         est.fit(train, epochs=1, callbacks=["EarlyStopping"], **COLS)
+    with pytest.raises(InvalidArgumentError, match="BackupAndRestore"):
+        est.fit(train, epochs=1, callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path))],
+                **COLS)

@@ -17,6 +17,59 @@ from .data import Columns, batch_arrays, shard_batches
 Predictor = Callable[[], Callable[[List[np.ndarray]], np.ndarray]]
 
 
+class _Forwarded:
+    """A text stream that writes through to ``stream`` and hands each complete line
+    to ``send`` (anything else, e.g. ``fileno``, is the stream's)."""
+
+    def __init__(self, stream, send: Callable[[str], None]) -> None:
+        self.stream = stream
+        self.send = send
+        self.pending = ""
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        self.pending += text
+        if "\n" in self.pending:
+            *lines, self.pending = self.pending.split("\n")
+            for line in lines:
+                self.send(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close_line(self) -> None:
+        if self.pending:
+            self.send(self.pending)
+            self.pending = ""
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def with_output_forwarded(main: Callable, job, ctx):
+    """``main(job, ctx)`` with the worker's Python output (print, logging to the
+    standard streams) also sent to the driver, line by line, over the node's control
+    connection (``log_to_driver``); the executor's log keeps it too."""
+    import sys
+    worker = ctx.worker_num
+
+    def send(line: str) -> None:
+        try:
+            ctx.report({"log": line, "worker": worker})
+        except OSError:  # the driver has gone: the executor's log has the line
+            pass
+    out, err = sys.stdout, sys.stderr
+    streams = [_Forwarded(out, send), _Forwarded(err, send)]
+    sys.stdout, sys.stderr = streams
+    try:
+        return main(job, ctx)
+    finally:
+        sys.stdout, sys.stderr = out, err
+        for stream in streams:
+            stream.close_line()
+
+
 def feed_batches(feed, size: int, cols: Columns) -> Iterator[tuple]:
     """An epoch's batches off the TFCluster feed: a batch holds ``size`` rows
     until the epoch's end, where the feed hands out a partial or an empty one."""

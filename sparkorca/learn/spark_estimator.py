@@ -239,9 +239,12 @@ class SparkEstimator:
         cols = inputs.cols
         mode = InputMode.TENSORFLOW if cols is None else InputMode.SPARK
         queues = ("input", "val") if inputs.has_val else ("input",)
+        if self.log_to_driver:  # Ray forwards its workers' output itself
+            from .partitions import with_output_forwarded
+            main = functools.partial(with_output_forwarded, main)
         cluster = driver.run(sc, main, job_args, num_executors=n, input_mode=mode,
                              queues=queues, reservation_timeout=600)
-        cluster.server.on_progress = lambda link, body: progress.epoch(body.get("stats", {}))
+        cluster.server.on_progress = lambda link, body: _shown(progress, body)
         try:
             if cols is not None:
                 if inputs.has_val:
@@ -315,6 +318,14 @@ class SparkEstimator:
             schema = StructType(list(data.schema.fields) + [StructField(output, kind)])
             return data.mapInArrow(frame_body, schema)
         return data._child(data.rdd.mapPartitions(shards_body))
+
+
+def _shown(progress: "Progress", body: dict) -> None:
+    """A worker's message on the driver: a line of its output, or an epoch's stats."""
+    if "log" in body:
+        print(f"(worker {body.get('worker')}) {body['log']}", file=sys.stdout, flush=True)
+    else:
+        progress.epoch(body.get("stats", {}))
 
 
 def _stats_block(body, table):

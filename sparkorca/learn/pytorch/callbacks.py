@@ -104,28 +104,41 @@ class MainCallback(Callback):
 
 
 class ModelCheckpoint(Callback):
-    """Orca's: the state every ``interval`` epochs as ``<dir>/epoch=N.ckpt`` (and
-    ``last.ckpt`` at the end of fit), written by rank 0 to any fsspec path;
-    ``save_weights_only``: the models' weights alone. ``by_epoch=False`` counts
-    steps instead (``iter=N.ckpt``)."""
+    """Orca's: the state every ``interval`` epochs (``by_epoch=False``: steps),
+    written by rank 0 to any fsspec path, and ``last.ckpt`` beside them at the end
+    of fit; ``save_weights_only``: the models' weights alone.
+
+    ``filepath`` as Orca's: ``"dir/mnist-{epoch}"`` writes ``dir/mnist-epoch=1.ckpt``,
+    ... (``{iter}``: ``iter=N``); a path with no ``{...}`` (or ending in "/") is the
+    directory of ``epoch=N.ckpt`` files."""
 
     def __init__(self, filepath: str = "", save_weights_only: bool = False,
                  by_epoch: bool = True, interval: int = -1) -> None:
         if not isinstance(filepath, str) or not filepath:
-            raise InvalidArgumentError("filepath", filepath, "a directory path or URL")
-        self.dirpath = filepath.rstrip("/")
+            raise InvalidArgumentError("filepath", filepath, "a path or URL, e.g. "
+                                       "'ckpt/model-{epoch}' or a directory")
+        head, _, name = filepath.rstrip("/").rpartition("/") if "{" in filepath \
+            else (filepath.rstrip("/"), "/", "")
+        self.dirpath = head or "."
+        self.name = name  # "" or a pattern with {epoch} / {iter}
         self.save_weights_only = bool(save_weights_only)
         self.by_epoch = bool(by_epoch)
-        self.interval = 1 if interval is None or interval < 1 else int(interval)
+        # Orca's: interval -1 means every epoch; by steps it means never
+        self.interval = int(interval) if interval and interval > 0 else \
+            (1 if self.by_epoch else 0)
+
+    def _path(self, key: str, n: int) -> str:
+        label = f"{key}={n}"
+        name = self.name.format(epoch=label, iter=label) if self.name else label
+        return f"{self.dirpath}/{name}.ckpt"
 
     def after_train_epoch(self, runner) -> None:
         if self.by_epoch and self.every_n_epoch(runner, self.interval):
-            runner.save_checkpoint(f"{self.dirpath}/epoch={runner.epochs}.ckpt",
-                                   self.save_weights_only)
+            runner.save_checkpoint(self._path("epoch", runner.epochs), self.save_weights_only)
 
     def after_train_iter(self, runner) -> None:
         if not self.by_epoch and self.every_n_iter(runner, self.interval):
-            runner.save_checkpoint(f"{self.dirpath}/iter={runner.global_step}.ckpt",
+            runner.save_checkpoint(self._path("iter", runner.global_step),
                                    self.save_weights_only)
 
     def after_run(self, runner) -> None:

@@ -179,7 +179,9 @@ def _sharded_loader(loader, rank: int, world: int, shuffle: bool):
     import torch
     from torch.utils.data import DataLoader, IterableDataset, Subset
     if isinstance(loader.dataset, IterableDataset):
-        return loader
+        # no index to share out: every worker trains on its own stream (the creator
+        # shards it if it wants to); evaluation reads it once, on rank 0
+        return loader if shuffle or rank == 0 else []
     if shuffle:
         sampler: torch.utils.data.DistributedSampler = torch.utils.data.DistributedSampler(
             loader.dataset, num_replicas=world, rank=rank, shuffle=True)

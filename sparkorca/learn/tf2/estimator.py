@@ -310,13 +310,24 @@ def _keras_callbacks(callbacks) -> tuple:
     """fit's callbacks: Keras Callback instances (they run on the workers)."""
     if not callbacks:
         return ()
+    import copy
+
     import keras
     items = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+    out = []
     for cb in items:
         if not isinstance(cb, keras.callbacks.Callback):
             raise InvalidArgumentError("callbacks", cb, "a list of keras.callbacks.Callback "
                                        "instances")
-    return tuple(items)
+        if isinstance(cb, keras.callbacks.BackupAndRestore):
+            raise InvalidArgumentError("callbacks", "BackupAndRestore", "other callbacks",
+                                       hint="fit(model_dir=...) checkpoints every epoch; "
+                                       "load_checkpoint() and fit(initial_epoch=k) resume")
+        cb = copy.copy(cb)  # a callback used by a driver-side fit keeps that model
+        if getattr(cb, "_model", None) is not None:
+            cb._model = None
+        out.append(cb)
+    return tuple(out)
 
 
 def _first_rows(data, cols) -> Any:

@@ -286,27 +286,36 @@ class GradientSync:
         return self.active
 
 
-# Callbacks that write files run on rank 0 only: the workers' weights and logs are
-# identical, and several processes writing one path would corrupt it.
-WRITERS = ("ModelCheckpoint", "BackupAndRestore", "TensorBoard", "CSVLogger")
+# Callbacks that write files or print run on rank 0 only (subclasses too): the
+# workers' weights and logs are identical, and several writers of one path corrupt it.
+WRITERS = ("ModelCheckpoint", "TensorBoard", "CSVLogger", "RemoteMonitor", "ProgbarLogger")
 STATS_ONLY = ("epoch", "num_samples", "steps", "seconds", "samples_per_sec")
+BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end")
+
+
+def _overrides(cb, name: str) -> bool:
+    """Whether ``cb`` has its own ``name`` hook (a method of its class, or a function
+    set on the instance, as LambdaCallback does)."""
+    import keras
+    own = getattr(cb, name, None)
+    return getattr(own, "__func__", own) is not getattr(keras.callbacks.Callback, name)
 
 
 class Callbacks:
     """Keras callbacks on every worker, as ``Model.fit`` runs them: the epoch hooks
-    get the exact global logs (the same on every worker, so callbacks decide alike);
-    a worker's own step hooks get its local metrics. ``stop_training`` set on any
-    worker (EarlyStopping, TerminateOnNaN) stops all of them after that epoch."""
+    get the global logs, rank 0's copy on every worker (exact, and the same
+    everywhere, so callbacks decide alike); a worker's own step hooks get its local
+    metrics. ``stop_training`` set on any worker (EarlyStopping, TerminateOnNaN)
+    stops all of them after that epoch."""
 
     def __init__(self, callbacks, model, rank: int, epochs: int, steps: Optional[int]):
         import keras
-        mine = [cb for cb in callbacks if rank == 0 or type(cb).__name__ not in WRITERS]
+        writers = tuple(getattr(keras.callbacks, n) for n in WRITERS
+                        if hasattr(keras.callbacks, n))
+        mine = [cb for cb in callbacks if rank == 0 or not isinstance(cb, writers)]
         self.list = keras.callbacks.CallbackList(mine, model=model, epochs=epochs,
                                                  steps=steps, verbose=0)
-        base = keras.callbacks.Callback
-        self.batch_hooks = any(type(cb).on_train_batch_end is not base.on_train_batch_end or
-                               type(cb).on_train_batch_begin is not base.on_train_batch_begin
-                               for cb in mine)
+        self.batch_hooks = any(_overrides(cb, name) for cb in mine for name in BATCH_HOOKS)
         self.model = model
         model.stop_training = False
 
@@ -316,12 +325,13 @@ class Callbacks:
 
     def batch_end(self, step: int) -> None:
         if self.batch_hooks:
-            self.list.on_train_batch_end(step, {k: v for k, v in
-                                                self.model.get_metrics_result().items()})
+            self.list.on_train_batch_end(step, dict(self.model.get_metrics_result()))
 
     def epoch_end(self, epoch: int, stats: dict) -> bool:
         """The epoch's hooks; whether training stops here (on every worker)."""
-        self.list.on_epoch_end(epoch - 1, logs(stats))
+        # a worker that saw no rows lacks unbuilt metrics' values: rank 0's logs for all
+        shared = gather_json(logs(stats))[0]
+        self.list.on_epoch_end(epoch - 1, shared)
         return any(gather_json(bool(self.model.stop_training)))
 
 
