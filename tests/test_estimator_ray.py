@@ -129,17 +129,9 @@ def test_keras_trains_on_ray_with_identical_weights(frames, digits):
     assert result["validation_accuracy"] >= 0.9, result
 
 
-class Exploding(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(64, 10)
-
-    def forward(self, x):
-        raise ValueError("the model failed on purpose")
-
-
 def test_a_ray_worker_exception_fails_fit_and_leaves_no_actor(frames):
     import ray
+    from test_estimator import Exploding
     train, _ = frames
     est = Estimator.from_torch(model=lambda config: Exploding(), optimizer=optimizer_creator,
                                loss=nn.CrossEntropyLoss(), backend="ray")
