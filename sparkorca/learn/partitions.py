@@ -8,13 +8,32 @@ that build the model and return ``predict(xs) -> ndarray`` (its first output).
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, List
+import dataclasses
+from typing import Callable, Iterator, List, Optional
 
 import numpy as np
 
 from .data import Columns, batch_arrays, shard_batches
 
 Predictor = Callable[[], Callable[[List[np.ndarray]], np.ndarray]]
+
+
+@dataclasses.dataclass(kw_only=True)
+class WorkerJob:
+    """What every Estimator's training worker is told, whatever the framework (each
+    adds its model's parts): the epochs, the data and where checkpoints go."""
+
+    first_epoch: int  # the number (1-based) the first trained epoch gets
+    epochs: int
+    batch_size: int  # the global batch
+    cols: Optional[Columns]  # None: data creators
+    data_creator: Optional[Callable]
+    val_creator: Optional[Callable]
+    has_val: bool  # validation data that the feed brings (not a creator)
+    model_dir: Optional[str]
+    threads: int
+    evaluate_only: bool = False  # evaluate(data creator): val_creator's data, no training
+    callbacks: tuple = ()  # the framework's callbacks, run on the workers
 
 
 class _Forwarded:

@@ -89,6 +89,13 @@ class FitInputs:
     val_creator: Optional[Callable]
     has_val: bool  # validation data that the feed brings (not a creator)
 
+    def job_fields(self, model_dir: Optional[str], threads: int) -> dict:
+        """The fields of a worker job (``partitions.WorkerJob``) these inputs give."""
+        return {"first_epoch": self.first_epoch, "epochs": self.epochs,
+                "batch_size": self.batch_size, "cols": self.cols,
+                "data_creator": self.data_creator, "val_creator": self.val_creator,
+                "has_val": self.has_val, "model_dir": model_dir, "threads": threads}
+
 
 def fit_inputs(data, epochs, batch_size, feature_cols, label_cols, validation_data,
                initial_epoch, trained_epochs: int) -> FitInputs:

@@ -118,11 +118,7 @@ class PyTorchSparkEstimator(SparkEstimator):
         plan = self._worker_plan(data, validation_data)
         job = worker.TrainJob(
             creators=self.creators, metrics=self.metrics, state=self._initial_state(),
-            first_epoch=inputs.first_epoch, epochs=inputs.epochs,
-            batch_size=inputs.batch_size, cols=inputs.cols,
-            data_creator=inputs.data_creator, val_creator=inputs.val_creator,
-            has_val=inputs.has_val, model_dir=self.model_dir,
-            threads=plan.threads, callbacks=tuple(callbacks))
+            **inputs.job_fields(self.model_dir, plan.threads), callbacks=tuple(callbacks))
         progress = Progress(job.first_epoch + job.epochs - 1, self.use_tqdm)
         result = self._run_workers(plan, worker.train_main, job, inputs, data,
                                    validation_data, progress)
@@ -160,9 +156,7 @@ class PyTorchSparkEstimator(SparkEstimator):
         inputs = FitInputs(self.epoch + 1, 0, batch_size, None, None, creator, False)
         job = worker.TrainJob(
             creators=self.creators, metrics=self.metrics, state=self._initial_state(),
-            first_epoch=inputs.first_epoch, epochs=0, batch_size=batch_size, cols=None,
-            data_creator=None, val_creator=creator, has_val=False, model_dir=None,
-            threads=plan.threads, evaluate_only=True)
+            **inputs.job_fields(None, plan.threads), evaluate_only=True)
         result = self._run_workers(plan, worker.train_main, job, inputs, None, None,
                                    Progress(0, False, quiet=True))
         return result["results"]

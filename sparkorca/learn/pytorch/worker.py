@@ -23,7 +23,7 @@ from .. import metrics as metricmod
 from ..checkpoints import epoch_checkpoints
 from ..data import Columns, batch_arrays, is_creator
 from ..gloo import gather_json
-from ..partitions import chunks, feed_batches
+from ..partitions import WorkerJob, chunks, feed_batches
 from .callbacks import MainCallback
 from .runner import Runner
 
@@ -59,22 +59,13 @@ class Creators:
         return model, optimizer, loss, scheduler
 
 
-@dataclasses.dataclass
-class TrainJob:
+@dataclasses.dataclass(kw_only=True)
+class TrainJob(WorkerJob):
+    """callbacks: Orca's, the MainCallback first (callbacks.checked)."""
+
     creators: Creators
     metrics: List[metricmod.Metric]
     state: Optional[bytes]
-    first_epoch: int  # the number the first trained epoch gets
-    epochs: int
-    batch_size: int  # the global batch
-    cols: Optional[Columns]  # None: data creators
-    data_creator: Optional[Callable]
-    val_creator: Optional[Callable]
-    has_val: bool
-    model_dir: Optional[str]
-    threads: int
-    evaluate_only: bool = False  # evaluate(data creator): val_creator's data, no training
-    callbacks: tuple = ()  # Orca's callbacks, the MainCallback first (callbacks.checked)
 
 
 def state_to_bytes(state: dict) -> bytes:

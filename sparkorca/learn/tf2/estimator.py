@@ -197,11 +197,8 @@ class KerasSparkEstimator(SparkEstimator):
             source = worker.ModelSource(**{**vars(source),
                                            "config": {**source.config, **data_config}})
         return worker.KerasJob(
-            source=source, state=self._current_state(), first_epoch=inputs.first_epoch,
-            epochs=inputs.epochs, batch_size=inputs.batch_size, cols=inputs.cols,
-            data_creator=inputs.data_creator, val_creator=inputs.val_creator,
-            has_val=inputs.has_val, model_dir=self.model_dir,
-            threads=plan.threads, steps_per_epoch=steps_per_epoch,
+            source=source, state=self._current_state(),
+            **inputs.job_fields(self.model_dir, plan.threads), steps_per_epoch=steps_per_epoch,
             validation_freq=validation_freq, evaluate_only=evaluate_only,
             validation_steps=validation_steps, callbacks=callbacks)
 

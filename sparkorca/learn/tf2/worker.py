@@ -32,7 +32,7 @@ import numpy as np
 from ..checkpoints import epoch_checkpoints
 from ..data import Columns, batch_arrays
 from ..gloo import gather_json
-from ..partitions import chunks, feed_batches
+from ..partitions import WorkerJob, chunks, feed_batches
 
 SAVED_SUFFIXES = (".keras", ".h5")
 
@@ -132,24 +132,15 @@ class ModelSource:
         return model
 
 
-@dataclasses.dataclass
-class KerasJob:
+@dataclasses.dataclass(kw_only=True)
+class KerasJob(WorkerJob):
+    """callbacks: Keras', run on the workers (see Callbacks)."""
+
     source: ModelSource
     state: bytes
-    first_epoch: int  # the number (1-based) the first trained epoch gets
-    epochs: int
-    batch_size: int  # the global batch
-    cols: Optional[Columns]  # None: data creators
-    data_creator: Optional[Callable]
-    val_creator: Optional[Callable]
-    has_val: bool
-    model_dir: Optional[str]
-    threads: int
     steps_per_epoch: Optional[int]
     validation_freq: int
-    evaluate_only: bool = False  # evaluate(data creator): val_creator's data, no training
     validation_steps: Optional[int] = None  # a cap for a creator's (maybe endless) dataset
-    callbacks: tuple = ()  # Keras callbacks, run on the workers (see Callbacks)
 
 
 # -- a model on batches ---------------------------------------------------------------
