@@ -25,7 +25,7 @@ import tempfile
 import threading
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 from .config import ContextSpec, Flags, FlagValues, build_spec
 from .errors import NoContextError, UnknownFlagError
@@ -204,23 +204,24 @@ def _start(spec: ContextSpec, flag_values: FlagValues, stack: contextlib.ExitSta
         running = _adopt_submitted(spec, stack)
     else:
         from .spark.java import check_java
-        check_java()
+        java = check_java()
         if spec.is_cluster_deploy:
             _resubmit_and_exit(spec, flag_values)
-        return _start_owned(spec, flag_values, stack)
+        return _start_owned(spec, flag_values, stack, java)
     if spec.init_ray_on_spark:
         _start_ray_on(running)
     return running
 
 
-def _start_owned(spec: ContextSpec, flag_values: FlagValues,
-                 stack: contextlib.ExitStack) -> _Running:
+def _start_owned(spec: ContextSpec, flag_values: FlagValues, stack: contextlib.ExitStack,
+                 java: Tuple[str, str]) -> _Running:
     from ._reaper import Reaper
     from .spark import needs_packed_env, session
+    from .spark.class_data import plan_for_launch
     from .spark.conf import render_launch
     from .spark.java import spark_home
     from .spark.logs import LogSink, log_daemon_source, set_driver_log_level
-    from .spark.pyenv import pack_environment
+    from .spark.pyenv import cache_dir, pack_environment
     from .spark.standalone import LocalStandaloneCluster
 
     ray_cluster = None
@@ -245,6 +246,10 @@ def _start_owned(spec: ContextSpec, flag_values: FlagValues,
     archive = pack_environment() if needs_packed_env(spec) else None
     plan = make_plan(spec, flag_values, master=master, penv_archive=archive)
     launch = render_launch(plan)
+    for class_data in plan_for_launch(launch.master, launch.conf, *java,
+                                      os.path.join(cache_dir(), "cds")):
+        launch = dataclasses.replace(launch, conf=class_data.applied_to(launch.conf))
+        stack.callback(class_data.publish)  # after the JVMs have exited (owned.stop, below)
 
     driver_env = dict(launch.driver_env)
     if spec.is_local:

@@ -14,13 +14,16 @@ import pytest
 from sparkorca import OrcaContext, StartupTimeoutError, init_orca_context, stop_orca_context
 from sparkorca._wait import wait_for
 from sparkorca.spark.java import spark_home
-from sparkorca.spark.pyenv import pack_environment
+from sparkorca.spark.pyenv import cache_dir, pack_environment
 from sparkorca.spark.standalone import LocalStandaloneCluster
 
 # The suite's JVMs are short-lived and share two cores: C2 compiles and parallel GC
 # threads cost them more than they give back (a cold local-cluster CSV read: 26 s ->
 # 17 s). Every JVM the tests start, in subprocesses too, reads this variable.
 os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+# Programs the tests run get a HOME of their own; they share this process's cache
+# (packed environments, the JVMs' class archives) as a user's programs would.
+os.environ.setdefault("SPARKORCA_CACHE_DIR", cache_dir())
 
 # What identifies a process started by Spark or by us.
 ENGINE_MARKERS = ("org.apache.spark", "pyspark.daemon", "pyspark.worker",

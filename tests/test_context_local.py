@@ -42,6 +42,54 @@ def test_local_run_stop_and_init_again():
     assert OrcaContext.get_sql_context().sql("select 1 as one").first().one == 1
 
 
+def _mapped_files(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as f:
+        return f.read()
+
+
+def test_class_archives_are_written_at_the_first_stop_and_mapped_after(tmp_path, monkeypatch):
+    import glob
+
+    import psutil
+    monkeypatch.setenv("SPARKORCA_CACHE_DIR", str(tmp_path))
+    cds = tmp_path / "cds"
+
+    def cmdline(p):
+        try:
+            return p.cmdline()
+        except psutil.Error:  # a short-lived child, gone or a zombie
+            return []
+
+    def jvms(sc):
+        driver = psutil.Process(sc._gateway.proc.pid)
+        executors = [p for p in driver.children(recursive=True)
+                     if "CoarseGrainedExecutorBackend" in " ".join(cmdline(p))]
+        return driver, executors
+
+    sc = init_orca_context(cluster_mode="local-cluster", num_nodes=1, cores=1, memory="1g",
+                           conf=QUIET)
+    assert sc.parallelize([1, 2]).count() == 2
+    driver, executors = jvms(sc)
+    assert len(executors) == 1
+    assert any(a.startswith(f"-XX:ArchiveClassesAtExit={cds}/driver-") for a in cmdline(driver))
+    assert any(a.startswith(f"-XX:ArchiveClassesAtExit={cds}/executor-")
+               for a in cmdline(executors[0]))
+    stop_orca_context()
+    archives = sorted(os.path.basename(p) for p in glob.glob(str(cds / "*")))
+    assert [a.split("-")[0] for a in archives] == ["driver", "executor"], archives
+    assert all(a.endswith(".jsa") for a in archives), "a dump was left unpublished"
+
+    sc = init_orca_context(cluster_mode="local-cluster", num_nodes=1, cores=1, memory="1g",
+                           conf=QUIET)
+    assert sc.parallelize([1, 2]).count() == 2
+    driver, executors = jvms(sc)
+    # the JVMs mapped the archives (a rejected archive is not mapped)
+    assert str(cds / archives[0]) in _mapped_files(driver.pid)
+    assert str(cds / archives[1]) in _mapped_files(executors[0].pid)
+    stop_orca_context()
+    assert sorted(os.path.basename(p) for p in glob.glob(str(cds / "*"))) == archives
+
+
 def test_local_cluster_executors_are_separate_processes():
     with orca_context(cluster_mode="local-cluster", num_nodes=2, cores=1, memory="1g",
                       conf=QUIET) as sc:
