@@ -144,6 +144,7 @@ def test_no_listener_answers_without_the_secret():
         # no Prometheus endpoint: not the dashboard head's, the monitor's or an agent's
         names = " ".join(rows)
         assert ":44227" not in names and ":44217" not in names
+        assert "ray.util.client" not in names  # no Ray Client server on the head
         # TensorBoard serves only at its secret URL
         import urllib.request
         with urllib.request.urlopen(url, timeout=10) as reply:

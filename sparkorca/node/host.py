@@ -1,4 +1,4 @@
-"""This machine as nodes see it: the address to bind, scratch dirs, held ports."""
+"""This machine as nodes see it: the address to bind, scratch dirs."""
 
 from __future__ import annotations
 
@@ -38,23 +38,3 @@ def node_dir(kind: str, cluster_id: str, name: object) -> str:
     """A node's scratch dir: known in advance, so processes on the same executor can
     find it (``sparkorca.ray.connect()``), and short, for the unix sockets inside."""
     return os.path.join(temp_root(), f"sparkorca-{kind}-{cluster_id}-{name}")
-
-
-class PortReservation:
-    """A port held for a server that binds it later with SO_REUSEPORT (gRPC's default).
-
-    The holding socket binds every address and never listens. While it is open no
-    other socket can bind the port (the JVMs starting at the same time, outgoing
-    connections picking an ephemeral port) except a same-user socket that also sets
-    SO_REUSEPORT, so the server that was promised the port still gets it. A probe
-    that closes before the server binds would leave that window open.
-    """
-
-    def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self._sock.bind(("", 0))
-        self.port: int = self._sock.getsockname()[1]
-
-    def close(self) -> None:
-        self._sock.close()

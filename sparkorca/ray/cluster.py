@@ -9,8 +9,8 @@ local master the head is the only node and carries the executor's CPUs, as
 process environments and launch configs, never in Spark conf or on a command line.
 
 Nothing listens unauthenticated: no autoscaler monitor, no metrics exporters, no
-dashboard unless ``include_webui=True``; the ports Ray would take at fixed numbers
-are chosen by the kernel (or held for the server, see PortReservation).
+Ray Client server (see ``ray_start``), no dashboard unless ``include_webui=True``;
+the ports Ray would take at fixed numbers are chosen by the kernel.
 """
 
 from __future__ import annotations

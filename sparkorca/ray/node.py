@@ -27,8 +27,9 @@ class RayNodeConfig(NodeConfig):
 
 
 def ray_start_argv(options: Dict[str, object]) -> List[str]:
-    """``ray start --block`` with ``options`` as --key=value (True: a bare flag)."""
-    argv = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block"]
+    """``ray start --block`` (without a Ray Client server: see ``ray_start``) with
+    ``options`` as --key=value (True: a bare flag)."""
+    argv = [sys.executable, "-m", "sparkorca.ray.ray_start", "start", "--block"]
     for key, value in options.items():
         if value is None or value is False:
             continue

@@ -36,13 +36,9 @@ from .._wait import wait_for
 from ..errors import OrcaRuntimeError, StartupTimeoutError
 from ..node import control
 from ..node.handoff import Handoff, read_launch, released_early, wait_until_released
-from ..node.host import PortReservation
 from .node import RUNNER_PID_ENV, RayNodeConfig, ray_start_argv
 
 ADDRESS_FILE = "ray_current_cluster"  # written by `ray start` once the node is up
-# Ray's fixed-port servers that bind with SO_REUSEPORT: their port is held from
-# before `ray start` until they have bound it (see PortReservation).
-RESERVED_ON_HEAD = ("ray_client_server_port",)
 
 
 def _stop_group(proc: subprocess.Popen, grace: float) -> None:
@@ -192,25 +188,15 @@ class Runner:
         """Start the node; its GCS address once it is up."""
         cfg = self.cfg
         options = dict(cfg.options, temp_dir=cfg.temp_dir)
-        held = []
-        if cfg.head:
-            for name in RESERVED_ON_HEAD:
-                if name not in options:
-                    held.append(PortReservation())
-                    options[name] = held[-1].port
         env = {**os.environ, **cfg.env, RUNNER_PID_ENV: str(os.getpid())}
-        try:
-            with open(self.start_log, "ab") as log:
-                self.proc = subprocess.Popen(ray_start_argv(options), stdout=log,
-                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                             env=env, start_new_session=True,
-                                             preexec_fn=die_with_parent)
-            return wait_for(lambda: _read_address(cfg.temp_dir) or "", cfg.ready_timeout,
-                            "ray start to bring the node up",
-                            failed=StartWatch(self.proc, cfg.owner_pid).failure)
-        finally:
-            for reservation in held:
-                reservation.close()
+        with open(self.start_log, "ab") as log:
+            self.proc = subprocess.Popen(ray_start_argv(options), stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env, start_new_session=True,
+                                         preexec_fn=die_with_parent)
+        return wait_for(lambda: _read_address(cfg.temp_dir) or "", cfg.ready_timeout,
+                        "ray start to bring the node up",
+                        failed=StartWatch(self.proc, cfg.owner_pid).failure)
 
     def run(self) -> int:
         cfg = self.cfg
