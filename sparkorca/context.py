@@ -296,7 +296,9 @@ def _start_owned(spec: ContextSpec, flag_values: FlagValues, stack: contextlib.E
     running = _Running(spec=spec, sc=sc, stack=stack, plan=plan, standalone=standalone)
     if ray_cluster is not None:
         from .ray import OrcaRayContext
-        stack.callback(ray_cluster.stop_raylets)  # before Spark stops
+        # The raylets are told to stop before Spark stops and stop meanwhile;
+        # stop_head (after Spark) waits for them.
+        stack.callback(ray_cluster.stop_raylets, wait=False)
         ray_cluster.attach(sc)
         running.ray = OrcaRayContext(ray_cluster)
     return running

@@ -213,12 +213,20 @@ class NodeHub:
     def stop_nodes(self, keys: Iterable, timeout: float) -> List[NodeLink]:
         """Tell nodes to stop and wait until their connections close (a node closes
         it when its process exits, after its children); the ones still connected."""
+        return self.wait_stopped(self.tell_to_stop(keys), timeout)
+
+    def tell_to_stop(self, keys: Iterable) -> List[NodeLink]:
+        """Tell nodes to stop; returns at once with their links (see wait_stopped)."""
         links = [self.node(k) for k in keys]
         with self.cond:
             for link in links:
                 link.stopping = True
         for link in links:
             self.send_to(link, {"type": "stop"})
+        return links
+
+    def wait_stopped(self, links: List[NodeLink], timeout: float) -> List[NodeLink]:
+        """Wait until ``links``' connections close; the ones still connected."""
         self.wait(lambda: not any(link.connected for link in links), timeout)
         return [link for link in links if link.connected]
 

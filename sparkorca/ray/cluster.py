@@ -44,6 +44,7 @@ START_TIMEOUT = float(os.environ.get("SPARKORCA_RAY_START_TIMEOUT", "120"))
 # that sparkorca.ray.connect() finds the cluster from a Spark task.
 ADDRESS_ENV = "SPARKORCA_RAY_ADDRESS"
 HEAL_INTERVAL = 2.0  # seconds between checks for executors without a raylet
+RAYLET_STOP_TIMEOUT = 30.0
 HEAD = "head"
 
 
@@ -114,6 +115,7 @@ class RayOnSpark:
         self._head_ready = threading.Event()
         self._head_error: Optional[BaseException] = None
         self._jobs: List[SparkJob] = []
+        self._raylets_stopping: List[NodeLink] = []
         self._healer: Optional[threading.Thread] = None
         self._stopping = threading.Event()
         self._env_restore = contextlib.ExitStack()
@@ -362,11 +364,13 @@ class RayOnSpark:
         return out
 
     # -- stop -------------------------------------------------------------
-    def stop_raylets(self) -> None:
+    def stop_raylets(self, wait: bool = True) -> None:
         """Disconnect the driver, then stop the raylets. Safe on a partial start.
 
         The driver leaves first, so the end of its actors and tasks is Ray's orderly
-        job cleanup, not workers dying under a connected driver."""
+        job cleanup, not workers dying under a connected driver. ``wait=False``
+        only tells the raylets to stop: the context's stop lets Spark stop
+        meanwhile, and ``stop_head`` waits for them."""
         self._stopping.set()
         if self._healer is not None:
             self._healer.join(30)
@@ -379,17 +383,27 @@ class RayOnSpark:
                 for key in (ADDRESS_ENV, CLUSTER_ENV, "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
                     self._sc.environment.pop(key, None)
             if self.hub is not None:
-                stuck = self.hub.stop_nodes([link.key for link in self._raylet_links()], 30)
-                if stuck:
-                    log.warning("raylets %s did not stop within 30s; they stop with their "
-                                "executors", ", ".join(link.describe() for link in stuck))
+                self._raylets_stopping = self.hub.tell_to_stop(
+                    [link.key for link in self._raylet_links()])
             for job in self._jobs:
                 job.cancel()
             self._env_restore.close()
+            if wait:
+                self._wait_raylets_stopped()
+
+    def _wait_raylets_stopped(self) -> None:
+        links, self._raylets_stopping = self._raylets_stopping, []
+        if self.hub is None or not links:
+            return
+        stuck = self.hub.wait_stopped(links, RAYLET_STOP_TIMEOUT)
+        if stuck:
+            log.warning("raylets %s did not stop within %gs; they stop with their executors",
+                        ", ".join(link.describe() for link in stuck), RAYLET_STOP_TIMEOUT)
 
     def stop_head(self) -> None:
         """Stop the head and the driver's hub (after the raylets)."""
         self._head_ready.wait(START_TIMEOUT + 15)
+        self._wait_raylets_stopped()
         if self.head is not None:
             self.head.stop()
             self.head = None
