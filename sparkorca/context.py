@@ -248,7 +248,7 @@ def _start_owned(spec: ContextSpec, flag_values: FlagValues, stack: contextlib.E
     launch = render_launch(plan)
     for class_data in plan_for_launch(launch.master, launch.conf, *java,
                                       os.path.join(cache_dir(), "cds")):
-        launch = dataclasses.replace(launch, conf=class_data.applied_to(launch.conf))
+        launch = class_data.applied_to(launch)
         stack.callback(class_data.publish)  # after the JVMs have exited (owned.stop, below)
 
     driver_env = dict(launch.driver_env)

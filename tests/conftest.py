@@ -29,7 +29,8 @@ os.environ.setdefault("SPARKORCA_CACHE_DIR", cache_dir())
 ENGINE_MARKERS = ("org.apache.spark", "pyspark.daemon", "pyspark.worker",
                   "sparkorca_log_daemon", "sparkorca.ray.node_runner", "sparkorca._reaper",
                   "sparkorca.cluster.node", "tensorboard.main", "/site-packages/ray/",
-                  "ray.scripts.scripts", "ray.util.client", "ray::")
+                  "ray.scripts.scripts", "sparkorca.ray.ray_start", "ray.util.client",
+                  "ray::")
 TEMP_PATTERNS = ("spark-*", "sparkorca-*", "blockmgr-*", "pyspark-*", "ray", "ray_*")
 QUIET = {"spark.ui.showConsoleProgress": "false", "spark.ui.enabled": "false"}
 

@@ -397,7 +397,8 @@ class RayOnSpark:
             return
         stuck = self.hub.wait_stopped(links, RAYLET_STOP_TIMEOUT)
         if stuck:
-            log.warning("raylets %s did not stop within %gs; they stop with their executors",
+            log.warning("raylets %s did not stop within %gs; their runners end them when "
+                        "their executors exit",
                         ", ".join(link.describe() for link in stuck), RAYLET_STOP_TIMEOUT)
 
     def stop_head(self) -> None:
