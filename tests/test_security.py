@@ -36,9 +36,13 @@ def our_listeners():
     pids = {me.pid: me.name()}
     for p in me.children(recursive=True):
         try:
-            pids[p.pid] = " ".join(p.cmdline()[:4])[-60:] or p.name()
+            cmd = p.cmdline()
         except psutil.Error:
-            pass
+            continue
+        spark_main = [a for a in cmd if a.startswith("org.apache.spark.")]
+        # a JVM by its main class: its leading options vary (class-data sharing)
+        pids[p.pid] = (f"Spark JVM {spark_main[0][-50:]}" if spark_main
+                       else " ".join(cmd[:4])[-60:] or p.name())
     found = []
     for c in psutil.net_connections("tcp"):
         if c.status == psutil.CONN_LISTEN and c.pid in pids:
@@ -92,7 +96,7 @@ def verdict(ip, port, process):
             return f"loopback only; GET: {status}"
         # local-cluster runs Spark's own standalone master and worker inside the driver
         # JVM, with their web UIs: a Spark test mode, on loopback only
-        return "loopback only; Spark's own web UI" if "pyspark/jars" in process else None
+        return "loopback only; Spark's own web UI" if "Spark JVM" in process else None
     if answers:
         return None  # answers an unauthenticated GET from other machines
     if ip == node_ip():
