@@ -81,7 +81,8 @@ def test_options_join_the_users_and_theirs_win(tmp_path, monkeypatch):
     assert plan_for_launch("local[2]", {}, *JAVA, str(tmp_path)) == []
 
 
-def test_executors_share_archives_only_on_local_cluster(tmp_path):
+def test_executors_share_archives_only_on_local_cluster(tmp_path, monkeypatch):
+    monkeypatch.setenv(class_data.EXECUTORS_ENV, "1")
     plan_for_launch("local-cluster[2,1,1024]", {}, *JAVA, str(tmp_path))
     roles = [c.role for c in plan_for_launch("local-cluster[2,1,1024]", {}, *JAVA, str(tmp_path))]
     assert roles == ["driver", "executor"]
