@@ -3,13 +3,15 @@
 A Spark JVM spends most of its start loading, verifying and linking some ten
 thousand classes. Java (13+) can write the classes an application loaded into an
 archive when it exits (``-XX:ArchiveClassesAtExit``) and map that archive at the
-next start (``-XX:SharedArchiveFile``); Spark does neither by default. The first
-context on a machine writes the archives as its JVMs exit at stop (the driver's,
-and on local-cluster masters the executors', which run on this machine too);
-every later one maps them. An archive's name is a digest of what must match for
-the JVM to accept it (the java binary and version, Spark's jars, the extra class
-path); the JVM checks it again and, on a mismatch, loads classes the usual way,
-silently. ``SPARKORCA_CLASS_DATA_SHARING=0`` turns it off.
+next start (``-XX:SharedArchiveFile``); Spark does neither by default. Writing
+costs a few seconds, so a machine that starts Spark only once (a fresh container)
+never does: an install's first context only leaves a marker, the second writes
+the driver JVM's archive as the JVM exits at stop, and every later one maps it.
+Executors (local-cluster masters only, where they run on this machine) take part
+when ``SPARKORCA_CLASS_DATA_SHARING_EXECUTORS=1``. An archive's name is a digest
+of what must match for the JVM to accept it (the java binary and version, Spark's
+jars, the extra class path); the JVM checks it again and, on a mismatch, loads
+classes the usual way, silently. ``SPARKORCA_CLASS_DATA_SHARING=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -208,8 +210,8 @@ def plan_class_data(role: str, conf: Dict[str, str], java: str, java_version: st
 
 def plan_for_launch(master: str, conf: Dict[str, str], java: str, java_version: str,
                     directory: str) -> List[ClassData]:
-    """The driver's, and on a local-cluster master (executors on this machine,
-    ended by the driver JVM before it exits) the executors'."""
+    """The driver's; with EXECUTORS_ENV set, on a local-cluster master (executors
+    on this machine) the executors' too."""
     # Executors: off until a CI run showed local-cluster executors outliving stop
     # while writing their dump (tests/test_tfos_pipeline teardown); see the stop note.
     roles = ["driver"] + (["executor"] if master.startswith("local-cluster")
