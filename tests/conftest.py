@@ -15,6 +15,7 @@ from sparkorca import OrcaContext, StartupTimeoutError, init_orca_context, stop_
 from sparkorca._wait import wait_for
 from sparkorca.spark.java import spark_home
 from sparkorca.spark.pyenv import cache_dir, pack_environment
+from sparkorca.spark.session import wait_for_executors
 from sparkorca.spark.standalone import LocalStandaloneCluster
 
 # The suite's JVMs are short-lived and share two cores: C2 compiles and parallel GC
@@ -129,7 +130,11 @@ def shared_context(**kwargs):
             return
         stop_orca_context()
         _kept["kwargs"] = kwargs
-        yield init_orca_context(**kwargs)
+        sc = init_orca_context(**kwargs)
+        # Executors come up after init returns; a JVM spawned after a test's leak
+        # snapshot would read as that test's leftover.
+        wait_for_executors(sc, kwargs.get("num_nodes", 1), 120, "the module's first test")
+        yield sc
     return shared_sc
 
 
