@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import time
@@ -66,6 +67,16 @@ def tail_file(path: str, lines: int = 100) -> str:
             return "".join(collections.deque(f, maxlen=lines)).rstrip()
     except OSError:
         return f"(no output: {path} could not be read)"
+
+
+def search_file(path: str, pattern: "re.Pattern") -> Optional["re.Match"]:
+    """``pattern`` searched in the file at ``path`` (None if absent or unreadable):
+    how a child's readiness line is found in its log."""
+    try:
+        with open(path, errors="replace") as f:
+            return pattern.search(f.read())
+    except OSError:
+        return None
 
 
 def kill_tree(pid: int, timeout: float = 10.0) -> None:

@@ -26,6 +26,7 @@ CLUSTER_MODES = (
     "k8s-client",
     "k8s-cluster",
     "spark-submit",
+    "spark-connect",
 )
 # Orca programs say "yarn" and "k8s" for the client modes (see the RayOnSpark guide).
 MODE_ALIASES = {"yarn": "yarn-client", "k8s": "k8s-client"}
@@ -135,12 +136,15 @@ def _archive(value: Any) -> Optional[str]:
 
 
 def resolve_cluster_mode(value: Any) -> str:
-    """Argument -> SPARKORCA_CLUSTER_MODE -> spark-submit if it launched us -> local."""
+    """Argument -> SPARKORCA_CLUSTER_MODE -> spark-submit if it launched us ->
+    spark-connect if SPARK_REMOTE names a Connect server -> local."""
     if value is None:
         value = os.environ.get("SPARKORCA_CLUSTER_MODE")
     if value is None:
         # spark-submit hands its Python child the gateway of the JVM it started.
-        return "spark-submit" if "PYSPARK_GATEWAY_PORT" in os.environ else "local"
+        if "PYSPARK_GATEWAY_PORT" in os.environ:
+            return "spark-submit"
+        return "spark-connect" if os.environ.get("SPARK_REMOTE") else "local"
     if not isinstance(value, str):
         raise InvalidArgumentError("cluster_mode", value, f"one of {', '.join(CLUSTER_MODES)}")
     mode = MODE_ALIASES.get(value.strip().lower(), value.strip().lower())
@@ -247,7 +251,8 @@ def build_spec(cluster_mode=None, runtime="spark", cores=None, memory="2g", num_
         memory=Memory.parse("memory", memory),
         num_nodes=check.integer("num_nodes", num_nodes),
         init_ray_on_spark=check.boolean("init_ray_on_spark", init_ray_on_spark),
-        master=get("master"),
+        master=get("master") if get("master") is not None or mode != "spark-connect"
+        else os.environ.get("SPARK_REMOTE"),
         driver_cores=check.integer("driver_cores", get("driver_cores", DEFAULT_DRIVER_CORES)),
         driver_memory=Memory.parse("driver_memory", get("driver_memory", DEFAULT_DRIVER_MEMORY)),
         extra_python_lib=_python_libs(get("extra_python_lib")),

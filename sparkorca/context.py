@@ -49,6 +49,15 @@ class _Running:
     adopted: bool = False
     ray: Any = None  # sparkorca.ray.OrcaRayContext, once Ray is started
     standalone: object = None  # the local standalone cluster this context started
+    session: Any = None  # cluster_mode="spark-connect": the Connect SparkSession (no sc)
+
+    @property
+    def result(self) -> Any:
+        """What init_orca_context returns: the SparkContext, the Connect session, or
+        for runtime="ray" the Ray context."""
+        if self.session is not None:
+            return self.session
+        return self.ray if self.sc is None else self.sc
 
 
 _running: Optional[_Running] = None
@@ -70,13 +79,14 @@ def flags() -> FlagValues:
 
 def on_stop(callback: Callable[[], None], sc=None) -> bool:
     """Run ``callback`` when the running context stops (before what started before
-    it); only if its SparkContext is ``sc`` when given. Whether it was registered.
+    it); only if its SparkContext (or Connect session) is ``sc`` when given. Whether
+    it was registered.
 
     A bound method is held weakly: an object the program has let go of (a TFCluster
     shut down long ago) is not kept alive until the context stops.
     """
     with _lock:
-        if _running is None or (sc is not None and _running.sc is not sc):
+        if _running is None or (sc is not None and sc not in (_running.sc, _running.session)):
             return False
         if inspect.ismethod(callback):
             method = weakref.WeakMethod(callback)
@@ -125,7 +135,8 @@ def init_orca_context(cluster_mode=None, runtime="spark", cores=None, memory="2g
     spec = build_spec(cluster_mode, runtime, cores, memory, num_nodes, init_ray_on_spark,
                       **kwargs)
     with _lock:
-        if _running is not None and _running.sc is None and not _running.ray.initialized:
+        if (_running is not None and _running.sc is None and _running.session is None
+                and not _running.ray.initialized):
             # runtime="ray" whose Ray the program stopped: nothing runs, start afresh
             _running.stack.close()
             _running = None
@@ -133,15 +144,19 @@ def init_orca_context(cluster_mode=None, runtime="spark", cores=None, memory="2g
             warnings.warn("init_orca_context: a context is already running; returning it "
                           "unchanged (call stop_orca_context() first to start a different "
                           "one)", stacklevel=2)
-            return _running.ray if _running.sc is None else _running.sc
+            return _running.result
         stack = contextlib.ExitStack()
         try:
-            _running = (_start_ray_only(spec, stack) if spec.runtime == "ray"
-                        else _start(spec, flags(), stack))
+            if spec.runtime == "ray":
+                _running = _start_ray_only(spec, stack)
+            elif spec.cluster_mode == "spark-connect":
+                _running = _start_connect(spec, stack)
+            else:
+                _running = _start(spec, flags(), stack)
         except BaseException:
             stack.close()
             raise
-        return _running.ray if spec.runtime == "ray" else _running.sc
+        return _running.result
 
 
 def _start_ray_only(spec: ContextSpec, stack: contextlib.ExitStack) -> _Running:
@@ -150,12 +165,27 @@ def _start_ray_only(spec: ContextSpec, stack: contextlib.ExitStack) -> _Running:
     return running
 
 
+def _start_connect(spec: ContextSpec, stack: contextlib.ExitStack) -> _Running:
+    """A thin client of a Spark Connect server: its session, and RayOnSpark on the
+    server's executors with the head on this machine."""
+    from .spark.connect import connect_session
+    session = connect_session(spec)
+    stack.callback(session.stop)
+    running = _Running(spec=spec, sc=None, stack=stack, session=session)
+    if spec.init_ray_on_spark:
+        _start_ray_on(running)
+    return running
+
+
 def _ray_on_spark(spec: ContextSpec, master: str, conf: dict, flag_values: FlagValues,
-                  driver_host: str):
+                  driver_host: str, over_connect: bool = False):
     """RayOnSpark sized against the Spark application; raises before anything waits."""
     from .ray.cluster import RayOnSpark
     from .ray.sizing import plan_ray, spark_capacity
-    plan = plan_ray(spec, spark_capacity(master, conf), barrier=flag_values.barrier_mode,
+    capacity = spark_capacity(master, conf)
+    if over_connect:  # the server's local executor is not this machine: a raylet there
+        capacity = dataclasses.replace(capacity, local=False)
+    plan = plan_ray(spec, capacity, barrier=flag_values.barrier_mode,
                     driver_memory=conf.get("spark.driver.memory"))
     return RayOnSpark(spec, plan, hub_host=conf.get("spark.driver.host", driver_host))
 
@@ -167,7 +197,14 @@ def _start_ray_on(running: _Running) -> None:
     from .ray import OrcaRayContext
     sc = running.sc
     backend: Any
-    if sc is None:
+    if running.session is not None:
+        from .node.host import node_ip
+        from .spark.connect import server_conf
+        conf = server_conf(running.session)
+        backend = _ray_on_spark(running.spec, conf["spark.master"], conf, flags(), node_ip(),
+                                over_connect=True)
+        sc = running.session  # the raylets start from its DataFrame jobs
+    elif sc is None:
         from .ray.local import LocalRay
         backend = LocalRay(running.spec)
     else:
@@ -436,6 +473,11 @@ class OrcaContext(metaclass=_OrcaContextMeta):
     def get_spark_context():
         """The running context's SparkContext."""
         running = _require_running()
+        if running.session is not None:
+            raise NoContextError(
+                "cluster_mode='spark-connect' has no SparkContext: this program is a thin "
+                "client of a Spark Connect server; use OrcaContext.get_spark_session() and "
+                "DataFrame APIs")
         if running.sc is None:
             raise NoContextError("this context runs runtime='ray' and has no Spark; start "
                                  "it with runtime='spark' to use Spark")
@@ -445,7 +487,9 @@ class OrcaContext(metaclass=_OrcaContextMeta):
     def get_spark_session():
         """A SparkSession on the running context's SparkContext."""
         from pyspark.sql import SparkSession
-        _require_running()
+        running = _require_running()
+        if running.session is not None:
+            return running.session
         return SparkSession.builder.getOrCreate()
 
     @staticmethod

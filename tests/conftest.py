@@ -91,7 +91,8 @@ def no_leaks(request):
     A test on a module's shared context (``shared_sc``) leaves that context running;
     what it started itself (TFClusters, node processes, temp dirs) must still go.
     """
-    shared = "shared_sc" in request.fixturenames
+    # a module's Spark (or Spark Connect server) outlives the test; its Python workers too
+    shared = any(name in request.fixturenames for name in ("shared_sc", "connect_server"))
     if not shared:
         stop_orca_context()  # one kept up for a module that shares the same one
     before_procs, before_temps = engine_processes(), temp_entries()

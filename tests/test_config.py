@@ -175,3 +175,27 @@ def test_redirected_driver_output_keeps_only_errors_on_the_console(tmp_path, cap
     assert log.read_bytes() == "".join(lines).encode()  # bytes: read_text turns \r to \n
     console = "".join([lines[0]] + lines[4:7] + lines[8:])
     assert capfd.readouterr().err.replace("\r", "\n") == console.replace("\r", "\n")
+
+
+def test_spark_connect_takes_an_sc_url_and_refuses_what_the_server_owns(monkeypatch):
+    monkeypatch.delenv("SPARK_REMOTE", raising=False)
+    spec = build_spec("spark-connect", master="sc://localhost:15002")
+    assert spec.cluster_mode == "spark-connect" and spec.master == "sc://localhost:15002"
+    with pytest.raises(InvalidArgumentError, match=r"master=None.*sc://host:15002"):
+        build_spec("spark-connect")
+    with pytest.raises(InvalidArgumentError, match=r"master='local\[2\]'"):
+        build_spec("spark-connect", master="local[2]")
+    with pytest.raises(InvalidArgumentError) as e:
+        build_spec("spark-connect", master="sc://h:1", driver_memory="4g",
+                   env={"A": "1"}, hadoop_user_name="me")
+    assert [x.name for x in e.value.errors] == ["driver_memory", "env", "hadoop_user_name"]
+    assert "the Connect server started the application's JVMs" in str(e.value)
+
+
+def test_spark_remote_in_the_environment_picks_spark_connect(monkeypatch):
+    monkeypatch.delenv("SPARKORCA_CLUSTER_MODE", raising=False)
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    monkeypatch.setenv("SPARK_REMOTE", "sc://server:15002")
+    spec = build_spec()
+    assert (spec.cluster_mode, spec.master) == ("spark-connect", "sc://server:15002")
+    assert build_spec("local").cluster_mode == "local"  # an explicit mode wins

@@ -24,7 +24,7 @@ from .. import _validate as check
 from ..config import FlagValues
 from ..errors import InvalidArgumentError, OrcaRuntimeError, StartupTimeoutError
 from ..node.hub import FINAL, NodeState
-from ..node.job import SparkJob
+from ..node.job import SparkJob, node_task_action, over_connect
 from ..node.launch import RunningNode
 from ..spark.executor import partition_id
 from . import feeder
@@ -95,7 +95,9 @@ class TFCluster:
     nodeRDD, cluster_id, cluster_info, cluster_meta, input_mode, queues, server."""
 
     def __init__(self, sc, plan: ClusterPlan):
-        self.sc = sc
+        from ..node.host import node_ip
+        self.sc = sc  # or a Spark Connect session: nodes start from a DataFrame job
+        self.over_connect = over_connect(sc)
         self.plan = plan
         self.num_executors = len(plan.roles)
         self.input_mode = plan.input_mode
@@ -103,8 +105,8 @@ class TFCluster:
         self.cluster_id = secrets.token_hex(4)
         self.defaultFS = default_fs(sc)
         self.working_dir = os.getcwd()
-        self.server = ReservationServer(sc.getConf().get("spark.driver.host"),
-                                        secrets.token_bytes(32), plan.roles)
+        host = node_ip() if self.over_connect else sc.getConf().get("spark.driver.host")
+        self.server = ReservationServer(host, secrets.token_bytes(32), plan.roles)
         self.cluster_meta = {"id": self.cluster_id, "num_executors": self.num_executors,
                              "default_fs": self.defaultFS, "working_dir": self.working_dir,
                              "server_addr": list(self.server.address),
@@ -149,13 +151,13 @@ class TFCluster:
                                      first_trainer(base, role_dict(r)))
                     self._driver_nodes.append(launch_node(cfg, payload, {}, "on the driver"))
             barrier = self.plan.flags.barrier_mode
-            node_rdd = self.nodeRDD = self.sc.parallelize(range(len(spark_roles)), len(spark_roles))
+            if not self.over_connect:  # TFoS's attribute; no RDD reaches a Connect client
+                self.nodeRDD = self.sc.parallelize(range(len(spark_roles)), len(spark_roles))
             body = functools.partial(run_node, base, payload, spark_roles, barrier)
-            rdd = node_rdd.barrier() if barrier else node_rdd
             self._node_job = SparkJob(self.sc, "TFCluster nodes",
                                       group=f"sparkorca-tf-{self.cluster_id}",
                                       on_end=self._wake).start(
-                lambda: rdd.mapPartitionsWithIndex(body).collect())
+                node_task_action(self.sc, len(spark_roles), body, barrier))
             self.cluster_info = self.server.wait_registered(
                 self.plan.reservation_timeout, self._start_failure,
                 lambda: self._progress(len(spark_roles)))
@@ -186,10 +188,14 @@ class TFCluster:
         """Why nodes may be missing, from what the driver knows for sure (the status
         tracker's task counts lag when the UI is off)."""
         registered = sum(1 for n in self.server.nodes.values() if n.info is not None)
-        executors = max(0, len(self.sc.statusTracker().getExecutorInfos()) - 1)
+        if self.over_connect:
+            size = "the Spark Connect server's application may have fewer task slots"
+        else:
+            executors = max(0, len(self.sc.statusTracker().getExecutorInfos()) - 1)
+            size = (f"the application has {executors} executor(s) besides the driver and "
+                    f"{self.sc.defaultParallelism} task slot(s)")
         return (f"{registered} of the {n_tasks} node task(s) Spark was asked to run have "
-                f"started; the application has {executors} executor(s) besides the driver and "
-                f"{self.sc.defaultParallelism} task slot(s). A node's task waits while no "
+                f"started; {size}. A node's task waits while no "
                 "slot is free: each node holds one for as long as the cluster runs (ps nodes "
                 "and InputMode.TENSORFLOW nodes), and other jobs may hold the rest. A task "
                 "that failed is reported by Spark with its executor's log.")
@@ -367,7 +373,10 @@ class TFCluster:
 def default_fs(sc) -> str:
     """The application's ``fs.defaultFS`` as TFoS gave it to ctx ("file://", not
     "file:///")."""
-    fs = sc._jsc.hadoopConfiguration().get("fs.defaultFS") or "file:///"
+    if over_connect(sc):  # the server's Hadoop configuration, as far as its conf tells
+        fs = sc.conf.get("spark.hadoop.fs.defaultFS", None) or "file:///"
+    else:
+        fs = sc._jsc.hadoopConfiguration().get("fs.defaultFS") or "file:///"
     return fs[:-1] if fs.startswith("file://") and fs.endswith("/") else fs
 
 
@@ -398,6 +407,13 @@ def _inference_rdd(data, cfg):
     from pyspark.sql import DataFrame
     infer = feeder.inference_partition
     if isinstance(data, DataFrame):
+        if over_connect(data):
+            raise InvalidArgumentError(
+                "dataRDD", "a Spark Connect DataFrame", "a DataFrame of a SparkContext: "
+                "inference() returns an RDD, which Spark Connect does not have",
+                hint="over Spark Connect, call the model from a mapInArrow/mapInPandas UDF "
+                     "(sparkorca.ray.connect() joins Ray there)")
+
         def infer_arrow(batches):
             import pyarrow as pa
             for results in infer(cfg, partition_id(), iter(batches)):
@@ -432,8 +448,10 @@ def run(sc, map_fun, tf_args, num_executors, num_ps=0, tensorboard=False,
     if not callable(map_fun):
         raise InvalidArgumentError("map_fun", map_fun, "a function map_fun(args, ctx)")
     n_spark = len(plan.spark_roles)
-    wait_for_executors(sc, n_spark, EXECUTOR_WAIT, f"starting {n_spark} TFCluster node(s) on them")
-    _check_slots(sc, n_spark)
+    if not over_connect(sc):  # a Connect client sees no executors: the barrier stage waits
+        wait_for_executors(sc, n_spark, EXECUTOR_WAIT,
+                           f"starting {n_spark} TFCluster node(s) on them")
+        _check_slots(sc, n_spark)
     cluster = TFCluster(sc, plan).start(map_fun, tf_args)
     context.on_stop(cluster._stop_nodes, sc=sc)  # a cluster its program did not shut down
     tb = cluster.tensorboard_url()

@@ -161,6 +161,11 @@ class SparkEstimator:
     def _sc(self):
         self._check_open()
         running = context.current()
+        if running is not None and running.session is not None:
+            raise NoContextError(
+                "the Estimator's spark backend starts its workers from a SparkContext, which "
+                "cluster_mode='spark-connect' does not have; use backend='ray' (its workers "
+                "run on RayOnSpark, init_ray_on_spark=True)")
         if running is None or running.sc is None:
             raise NoContextError("the Estimator's spark backend needs a running context: "
                                  "init_orca_context(...) first")

@@ -166,7 +166,8 @@ def connect(**ray_init_kwargs) -> None:
 
     On the driver it does nothing (the driver is connected at init). Inside a
     Spark task it joins the raylet of the task's own executor, authenticated with
-    the context's token (sent with the task, never through Spark conf).
+    the context's token (sent with the task, never through Spark conf; over Spark
+    Connect, read from what the executor's raylet left in its owner-only temp dir).
 
     Examples
     --------
@@ -184,18 +185,38 @@ def connect(**ray_init_kwargs) -> None:
     from .node import CLUSTER_ENV
     from .raylet_task import node_temp_dir
     address = os.environ.get(ADDRESS_ENV)
-    if not address:
-        raise NoContextError(
-            "sparkorca.ray.connect() found no Ray cluster: call it inside a Spark task of a "
-            "context started with init_orca_context(..., init_ray_on_spark=True)")
+    if address:
+        cluster_id = os.environ[CLUSTER_ENV]
+        raylet_dir = node_temp_dir(cluster_id, executor_id())
+        # no raylet on this executor: any node on this host will do
+        temp_dir = raylet_dir if os.path.isdir(raylet_dir) else None
+    else:
+        address, cluster_id, temp_dir = _advertised_raylet()
     refresh_ray_auth()
-    cluster_id = os.environ[CLUSTER_ENV]
-    raylet_dir = node_temp_dir(cluster_id, executor_id())
-    # no raylet on this executor: any node on this host will do
-    temp_dir = raylet_dir if os.path.isdir(raylet_dir) else None
     ray_init_kwargs.setdefault("log_to_driver", False)
     ray.init(address=address, _temp_dir=temp_dir, namespace=f"sparkorca-{cluster_id}",
              **ray_init_kwargs)
+
+
+def _advertised_raylet():
+    """Over Spark Connect no driver puts the cluster in the task's environment: the
+    raylet of this executor left it in its temp dir (owner-only). The token goes into
+    this process's environment, where Ray reads it."""
+    from ..spark.executor import executor_id
+    from .cluster import auth_env
+    from .node import read_join_files
+    executor = executor_id()
+    found = read_join_files(executor)
+    if len(found) != 1:
+        raise NoContextError(
+            "sparkorca.ray.connect() found no Ray cluster: call it inside a Spark task of a "
+            "context started with init_orca_context(..., init_ray_on_spark=True)" if not found
+            else f"sparkorca.ray.connect(): Spark executor {executor} serves "
+                 f"{len(found)} Ray clusters ({', '.join(f['cluster_id'] for f in found)}); "
+                 "one Ray cluster per Spark Connect server is supported")
+    join = found[0]
+    os.environ.update(auth_env(join["token"]))
+    return join["address"], join["cluster_id"], join["temp_dir"]
 
 
 __all__ = ["OrcaRayContext", "RayContext", "connect"]

@@ -30,7 +30,7 @@ from ..config import ContextSpec
 from ..errors import OrcaRuntimeError, StartupTimeoutError
 from ..node.host import node_ip
 from ..node.hub import NodeHub, NodeLink, NodeState
-from ..node.job import SparkJob
+from ..node.job import SparkJob, node_task_action, over_connect
 from ..node.launch import RunningNode
 from .node import CLUSTER_ENV, RayNodeConfig, launch_ray_node
 from .node_runner import log_tails
@@ -112,6 +112,7 @@ class RayOnSpark:
         self.head: Optional[RunningNode] = None
         self._secret = secrets.token_bytes(32)
         self._sc = None
+        self._over_connect = False  # attached through a Spark Connect session
         self._head_ready = threading.Event()
         self._head_error: Optional[BaseException] = None
         self._jobs: List[SparkJob] = []
@@ -148,7 +149,8 @@ class RayOnSpark:
         options = self._options(address=self.gcs_address, num_cpus=self.plan.node_cpus,
                                 object_store_memory=self.plan.node_object_store,
                                 node_name=self.node_prefix)
-        return self._config(options=options, ready_timeout=max(10.0, START_TIMEOUT - 15))
+        return self._config(options=options, ready_timeout=max(10.0, START_TIMEOUT - 15),
+                            advertise=self._over_connect)
 
     # -- head -------------------------------------------------------------
     def start_head(self) -> None:
@@ -192,20 +194,28 @@ class RayOnSpark:
 
     # -- raylets ----------------------------------------------------------
     def attach(self, sc) -> None:
-        """Start the raylets on ``sc``'s executors and connect this driver."""
+        """Start the raylets on ``sc``'s executors and connect this driver.
+
+        ``sc`` may be a Spark Connect session: the raylets then start from a barrier
+        ``mapInArrow`` job, the barrier stage itself waits for the executors (no
+        executor list reaches a client), and there is no healer (same reason)."""
         self._sc = sc
+        self._over_connect = connect = over_connect(sc)
         if not self._head_ready.wait(START_TIMEOUT + 15):
             raise StartupTimeoutError(f"timed out after {START_TIMEOUT + 15:g}s waiting for "
                                       "the Ray head to start")
         if self._head_error is not None:
             raise self._head_error
         if not self.plan.local:
-            from ..spark.session import wait_for_executors
-            wait_for_executors(sc, self.plan.num_ray_nodes, START_TIMEOUT,
-                               "starting raylets on them")
+            if not connect:
+                from ..spark.session import wait_for_executors
+                wait_for_executors(sc, self.plan.num_ray_nodes, START_TIMEOUT,
+                                   "starting raylets on them")
             self._launch_raylets(self.plan.num_ray_nodes, self.plan.barrier)
         self._connect_driver()
         self._wait_for_nodes()
+        if connect:
+            return
         sc.environment.update({ADDRESS_ENV: self.gcs_address, CLUSTER_ENV: self.cluster_id,
                                **auth_env(self.token)})
         if not self.plan.local:
@@ -216,12 +226,8 @@ class RayOnSpark:
     def _launch_raylets(self, tasks: int, barrier: bool) -> SparkJob:
         sc = self._sc
         body = functools.partial(start_raylet, self.raylet_config(), barrier)
-
-        def action():
-            rdd = sc.parallelize(range(tasks), tasks)
-            return (rdd.barrier() if barrier else rdd).mapPartitionsWithIndex(body).collect()
-        job = SparkJob(sc, "start one raylet per executor",
-                       on_end=self._notify).start(action)
+        job = SparkJob(sc, "start one raylet per executor", on_end=self._notify).start(
+            node_task_action(sc, tasks, body, barrier))
         self._jobs.append(job)
         return job
 
@@ -379,7 +385,7 @@ class RayOnSpark:
             if ray is not None and ray.is_initialized():
                 ray.shutdown()
         finally:
-            if self._sc is not None:
+            if self._sc is not None and not self._over_connect:
                 for key in (ADDRESS_ENV, CLUSTER_ENV, "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
                     self._sc.environment.pop(key, None)
             if self.hub is not None:

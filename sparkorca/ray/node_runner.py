@@ -36,7 +36,7 @@ from .._wait import wait_for
 from ..errors import OrcaRuntimeError, StartupTimeoutError
 from ..node import control
 from ..node.handoff import Handoff, read_launch, released_early, wait_until_released
-from .node import RUNNER_PID_ENV, RayNodeConfig, ray_start_argv
+from .node import RUNNER_PID_ENV, RayNodeConfig, ray_start_argv, write_join_file
 
 ADDRESS_FILE = "ray_current_cluster"  # written by `ray start` once the node is up
 
@@ -217,6 +217,8 @@ class Runner:
             self.handoff.failed(str(e), log_tails(cfg.temp_dir, self.start_log))
             self._end()
             return 1
+        if cfg.advertise:
+            write_join_file(cfg, gcs_address)
         self.handoff.ready({"gcs_address": gcs_address, "runner_pid": os.getpid()})
         control.serve(channel, on_message=lambda msg: None, on_stop=self.request_stop)
         assert self.proc is not None

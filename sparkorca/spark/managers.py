@@ -237,13 +237,51 @@ class SparkSubmit(ClusterManager):
         return {}
 
 
+class SparkConnect(ClusterManager):
+    """A Spark Connect server owns the application: its JVM, executors and their
+    Python. This process is a thin client; nothing of ours is launched or shipped."""
+
+    modes = ("spark-connect",)
+    sizes_executors = False
+    # Options a Connect client cannot apply: the server started its JVMs and
+    # executors, with their environment, before this program ran.
+    SERVER_OWNED = ("driver_cores", "driver_memory", "extra_python_lib", "env",
+                    "container_image", "penv_archive", "python_location", "hadoop_conf",
+                    "hadoop_user_name", "extra_executor_memory_for_ray", "redirect_spark_log")
+
+    def problems(self, spec):
+        from ..config import ContextSpec
+        errors = []
+        if not (spec.master or "").startswith("sc://"):
+            errors.append(InvalidArgumentError(
+                "master", spec.master, "a Spark Connect URL such as 'sc://host:15002' when "
+                "cluster_mode='spark-connect' (or SPARK_REMOTE set to one)"))
+        default = ContextSpec()
+        for name in self.SERVER_OWNED:
+            if getattr(spec, name) != getattr(default, name):
+                errors.append(InvalidArgumentError(
+                    name, getattr(spec, name), "not given when cluster_mode='spark-connect'",
+                    hint="the Connect server started the application's JVMs, executors and "
+                         "their Python; set it where the server is started"))
+        return errors
+
+    def driver_reachable(self, spec):
+        return False
+
+    def conf(self, spec, driver_host, python_exec):
+        return {}, {}
+
+    def archive_conf(self, spec, archive, python_exec):
+        return {}
+
+
 def _is_dir(path: str) -> bool:
     import os
     return os.path.isdir(path)
 
 
 MANAGERS = {mode: manager for manager in (Local(), LocalCluster(), Standalone(), Yarn(),
-                                          Kubernetes(), SparkSubmit())
+                                          Kubernetes(), SparkSubmit(), SparkConnect())
             for mode in manager.modes}
 
 

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from typing import List, Optional
 
-from .._process import Child
+from .._process import Child, search_file
 from .._wait import wait_for
 from .java import spark_class, spark_home
 
@@ -24,14 +24,6 @@ log = logging.getLogger(__name__)
 
 _MASTER_URL_RE = re.compile(r"Starting Spark master at (spark://\S+)")
 _REGISTERED = "Successfully registered with master"
-
-
-def _grep(path: str, pattern: re.Pattern) -> Optional[re.Match]:
-    try:
-        with open(path, errors="replace") as f:
-            return pattern.search(f.read())
-    except OSError:
-        return None
 
 
 class LocalStandaloneCluster:
@@ -89,7 +81,7 @@ class LocalStandaloneCluster:
             [spark_class(), "org.apache.spark.deploy.master.Master",
              "--host", self.host, "--port", "0", "--webui-port", "0"],
             os.path.join(root, "master.log"), env=env)
-        m = wait_for(lambda: _grep(master.log_path, _MASTER_URL_RE), self.timeout,
+        m = wait_for(lambda: search_file(master.log_path, _MASTER_URL_RE), self.timeout,
                      f"the Spark master on {self.host} to start", tail=master.tail,
                      failed=master.exited)
         assert m is not None
@@ -104,8 +96,8 @@ class LocalStandaloneCluster:
                 os.path.join(root, f"worker-{i}.log"), env=env))
         # Workers start concurrently; wait for each to register.
         for w in self.workers:
-            wait_for(functools.partial(_grep, w.log_path, re.compile(_REGISTERED)), self.timeout,
-                     f"{w.name} to register with {master_url}", tail=w.tail,
+            wait_for(functools.partial(search_file, w.log_path, re.compile(_REGISTERED)),
+                     self.timeout, f"{w.name} to register with {master_url}", tail=w.tail,
                      failed=w.exited)
         log.info("standalone cluster %s with %d worker(s) is up", self.master_url,
                  self.num_workers)
