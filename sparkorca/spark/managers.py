@@ -221,10 +221,9 @@ class Kubernetes(ClusterManager):
         return conf, env
 
 
-class SparkSubmit(ClusterManager):
-    """spark-submit configured everything; nothing of ours is applied."""
+class Unmanaged(ClusterManager):
+    """Someone else started the application: nothing of ours is applied."""
 
-    modes = ("spark-submit",)
     sizes_executors = False
 
     def driver_reachable(self, spec):
@@ -237,12 +236,17 @@ class SparkSubmit(ClusterManager):
         return {}
 
 
-class SparkConnect(ClusterManager):
+class SparkSubmit(Unmanaged):
+    """spark-submit configured everything."""
+
+    modes = ("spark-submit",)
+
+
+class SparkConnect(Unmanaged):
     """A Spark Connect server owns the application: its JVM, executors and their
     Python. This process is a thin client; nothing of ours is launched or shipped."""
 
     modes = ("spark-connect",)
-    sizes_executors = False
     # Options a Connect client cannot apply: the server started its JVMs and
     # executors, with their environment, before this program ran.
     SERVER_OWNED = ("driver_cores", "driver_memory", "extra_python_lib", "env",
@@ -264,15 +268,6 @@ class SparkConnect(ClusterManager):
                     hint="the Connect server started the application's JVMs, executors and "
                          "their Python; set it where the server is started"))
         return errors
-
-    def driver_reachable(self, spec):
-        return False
-
-    def conf(self, spec, driver_host, python_exec):
-        return {}, {}
-
-    def archive_conf(self, spec, archive, python_exec):
-        return {}
 
 
 def _is_dir(path: str) -> bool:
