@@ -128,9 +128,13 @@ def feedable(data: Any, cols: Columns, min_partitions: int = 1):
     """``data`` as what the TFCluster feed streams: a DataFrame of just the needed
     columns, or Shards as Arrow batches."""
     from pyspark.sql import DataFrame
+
+    from ..node.job import over_connect
     names = list(cols.features + cols.labels)
     if isinstance(data, DataFrame):
         df = data.select(*names)
+        if over_connect(df):  # a Connect client cannot ask for the partition count
+            return df.repartition(min_partitions) if min_partitions > 1 else df
         if df.rdd.getNumPartitions() < min_partitions:
             df = df.repartition(min_partitions)  # every worker gets data
         return df

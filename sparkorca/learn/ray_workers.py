@@ -21,7 +21,7 @@ import socket
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from ..errors import InvalidArgumentError, OrcaRuntimeError, StartupTimeoutError
-from .data import Columns, feedable, is_ray_dataset
+from .data import ArrowInput, Columns, feedable, is_ray_dataset
 
 ACTORS_TIMEOUT = 120.0  # for the workers' actors to be placed and started
 POLL = 0.2  # how often the driver looks at the progress queue while it waits
@@ -75,7 +75,7 @@ def dataset_of(data: Any, cols: Columns, holders: list):
         return data.select_columns(names).materialize()
     from ..data.to_ray import arrow_rdd_to_ray_dataset, spark_df_to_ray_dataset
     fed = feedable(data, cols)
-    if hasattr(fed, "to_arrow_rdd"):
+    if isinstance(fed, ArrowInput):  # (hasattr would be true of any Connect DataFrame)
         return arrow_rdd_to_ray_dataset(fed.to_arrow_rdd(), holders)
     return spark_df_to_ray_dataset(fed, holders)
 

@@ -21,6 +21,7 @@ from .. import context
 from ..errors import InvalidArgumentError, NoContextError, OrcaRuntimeError
 from ..spark.session import is_local_master
 from .data import (
+    ArrowInput,
     Columns,
     check_batch_size,
     check_epochs,
@@ -163,9 +164,10 @@ class SparkEstimator:
         running = context.current()
         if running is not None and running.session is not None:
             raise NoContextError(
-                "the Estimator's spark backend starts its workers from a SparkContext, which "
-                "cluster_mode='spark-connect' does not have; use backend='ray' (its workers "
-                "run on RayOnSpark, init_ray_on_spark=True)")
+                "this Estimator call runs Spark tasks from a SparkContext (the spark "
+                "backend's workers; predict/evaluate of a DataFrame), which "
+                "cluster_mode='spark-connect' does not have; over Connect, fit with "
+                "backend='ray' (workers on RayOnSpark) and predict on a Ray Dataset")
         if running is None or running.sc is None:
             raise NoContextError("the Estimator's spark backend needs a running context: "
                                  "init_orca_context(...) first")
@@ -293,7 +295,7 @@ class SparkEstimator:
                 batch_size=None).take_all()
             return [json.loads(r["stats"]) for r in rows]
         fed = feedable(data, cols)
-        if hasattr(fed, "to_arrow_rdd"):
+        if isinstance(fed, ArrowInput):
             rows = fed.to_arrow_rdd().mapPartitions(
                 lambda it: (r for b in body(it) for r in b.column(0).to_pylist())).collect()
         else:
