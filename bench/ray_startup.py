@@ -1,12 +1,16 @@
 """Seconds from the call to a finished first ray.get, three ways, in one run.
 
-    python bench/ray_startup.py [--master local[2]] [--repeat 1]
+    python bench/ray_startup.py [--master local[2]] [--repeat 1] [--connect]
 
 1. plain ``ray.init()`` (no Spark),
 2. ``ray.util.spark.setup_ray_cluster`` + ``ray.init`` on a Spark session of the
    same master (the Spark start is reported separately and included in "total"),
 3. ``init_orca_context(init_ray_on_spark=True)`` on the same master (its total
-   includes starting Spark, which it does concurrently with the Ray head).
+   includes starting Spark, which it does concurrently with the Ray head),
+4. with --connect: ``init_orca_context(cluster_mode="spark-connect",
+   init_ray_on_spark=True)`` from a thin client of a Spark Connect server (the
+   same master behind it, started once before and not timed: a Connect client
+   finds its server running).
 
 Each contender runs in a fresh Python process with an empty HOME, so none sees
 the ~/.ray/auth_token another one left (a plain ray.init() writes one, and
@@ -24,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from typing import Optional
 
 PLAIN = """
     import time, json
@@ -86,6 +91,18 @@ SPARKORCA_ON_RUNNING_SPARK = """
                       "ray_start": ray_start, "stop": stop}))
 """
 
+SPARKORCA_CONNECT = """
+    import time, json
+    t0 = time.monotonic()
+    import ray
+    from sparkorca import init_orca_context, stop_orca_context
+    init_orca_context(cluster_mode="spark-connect", master=MASTER, init_ray_on_spark=True)
+    ray.get(ray.remote(lambda: 1).remote())
+    start = time.monotonic() - t0
+    t1 = time.monotonic(); stop_orca_context(); stop = time.monotonic() - t1
+    print(json.dumps({"start": start, "stop": stop}))
+"""
+
 SPARK_ONLY = """
     import time, json
     t0 = time.monotonic()
@@ -98,9 +115,10 @@ SPARK_ONLY = """
 """
 
 
-def run(code: str, master: str, cache: str) -> dict:
+def run(code: str, master: str, cache: str, env_extra: Optional[dict] = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-home-") as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env.update(env_extra or {})
         env["SPARKORCA_CACHE_DIR"] = cache
         # as in an activated venv: ray.util.spark runs the `ray` script found on PATH
         env.update(HOME=home, PYSPARK_PYTHON=sys.executable, RAY_USAGE_STATS_ENABLED="0",
@@ -114,10 +132,35 @@ def run(code: str, master: str, cache: str) -> dict:
     return json.loads(lines[-1]) if lines else {"error": "no result line in its output"}
 
 
+def report(name: str, r: dict) -> None:
+    if "error" in r:
+        print(f"{name:32s} FAILED: {r['error']}")
+        return
+    extra = (f" (Spark {r['spark_start']:.1f}s + Ray {r['ray_start']:.1f}s)"
+             if "spark_start" in r else "")
+    stop = f", stop {r['stop']:.1f}s" if "stop" in r else ""
+    print(f"{name:32s} start -> first ray.get {r['start']:6.1f}s{extra}{stop}")
+
+
+def best_of(results: list) -> dict:
+    ok = [r for r in results if "error" not in r]
+    return min(ok, key=lambda r: r["start"]) if ok else results[0]
+
+
+def connect_client(master: str, repeat: int, cache: str) -> dict:
+    """The best of ``repeat`` Connect clients of one server of ``master``."""
+    from sparkorca.spark.connect_server import LocalConnectServer
+    with LocalConnectServer(master, conf={"spark.ui.enabled": "false"}) as server:
+        return best_of([run(SPARKORCA_CONNECT, server.remote, cache, server.client_env())
+                        for _ in range(repeat)])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--connect", action="store_true",
+                    help="also time a Spark Connect client (server of the same master)")
     args = ap.parse_args()
     rows = {"ray.init()": PLAIN, "ray.util.spark": RAY_UTIL_SPARK, "sparkorca": SPARKORCA,
             "sparkorca, Ray on running Spark": SPARKORCA_ON_RUNNING_SPARK,
@@ -130,17 +173,15 @@ def main() -> None:
             print(f"{'sparkorca, ' + which + ' start':32s} start -> first ray.get "
                   f"{r['start']:6.1f}s, stop {r['stop']:.1f}s   ({what}; once a machine)")
     for name, code in rows.items():
-        results = [run(code, args.master, cache) for _ in range(args.repeat)]
-        ok = [r for r in results if "error" not in r]
-        best[name] = min(ok, key=lambda r: r["start"]) if ok else results[0]
-        r = best[name]
-        if "error" in r:
-            print(f"{name:32s} FAILED: {r['error']}")
-            continue
-        extra = (f" (Spark {r['spark_start']:.1f}s + Ray {r['ray_start']:.1f}s)"
-                 if "spark_start" in r else "")
-        stop = f", stop {r['stop']:.1f}s" if "stop" in r else ""
-        print(f"{name:32s} start -> first ray.get {r['start']:6.1f}s{extra}{stop}")
+        best[name] = best_of([run(code, args.master, cache) for _ in range(args.repeat)])
+        report(name, best[name])
+    if args.connect:
+        best["sparkorca over Connect"] = connect_client(args.master, args.repeat, cache)
+        report("sparkorca over Connect", best["sparkorca over Connect"])
+    def get(name, key="start"):
+        return best[name].get(key)
+
+    ours, plain, util = get("sparkorca"), get("ray.init()"), get("ray.util.spark")
     def get(name, key="start"):
         return best[name].get(key)
 
@@ -163,6 +204,10 @@ def main() -> None:
               f"{(ours - spark_only) / plain:5.2f}x   (target <= 1.5x)")
     if ours_ray and plain:
         print(f"sparkorca Ray on running Spark / ray.init()    = {ours_ray / plain:5.2f}x")
+    over_connect = best.get("sparkorca over Connect", {}).get("start")
+    if over_connect and ours:
+        print(f"sparkorca over Connect / sparkorca local mode  = {over_connect / ours:5.2f}x   "
+              "(server already up; local mode includes its Spark start)")
     if util and ours:
         print(f"ray.util.spark / sparkorca, both incl. Spark   = {util / ours:5.2f}x   "
               "(target >= 3x)")

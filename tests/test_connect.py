@@ -98,7 +98,8 @@ def count_rows(args, ctx):
         json.dump({"rows": rows, "total": total}, f)
 
 
-def test_ray_on_spark_tfcluster_and_to_ray_dataset_over_connect(connect_server, tmp_path):
+def test_ray_on_spark_tfcluster_to_ray_dataset_and_an_estimator_over_connect(connect_server,
+                                                                            tmp_path):
     got = client(connect_server, """
         import ray
         from pyspark import cloudpickle
@@ -137,6 +138,30 @@ def test_ray_on_spark_tfcluster_and_to_ray_dataset_over_connect(connect_server, 
         cluster.train(spark.range(0, 1000, numPartitions=4), num_epochs=2)
         cluster.shutdown()
         out["tf_nodes"] = [json.load(open(f"node-{i}.json")) for i in range(2)]
+
+        # the Estimators' ray backend: fit, evaluate and predict of a Connect DataFrame
+        import random
+        import torch
+        from sparkorca.learn.metrics import Accuracy
+        from sparkorca.learn.pytorch import Estimator
+        random.seed(0)
+        xs = [[random.random() for _ in range(4)] for _ in range(400)]
+        df = spark.createDataFrame([(i, x, int(x[0] > 0.5)) for i, x in enumerate(xs)],
+                                   "i long, features array<double>, label long")
+        est = Estimator.from_torch(model=client_fns.model_creator,
+                                   optimizer=client_fns.optimizer_creator,
+                                   loss=torch.nn.CrossEntropyLoss(), metrics=[Accuracy()],
+                                   backend="ray")
+        out["fit"] = [s["num_samples"] for s in est.fit(df, epochs=2, batch_size=32,
+                                                        feature_cols=["features"],
+                                                        label_cols=["label"])]
+        out["evaluate"] = est.evaluate(df, feature_cols=["features"], label_cols=["label"])
+        pred = est.predict(df, feature_cols=["features"])
+        out["pred_type"] = type(pred).__module__
+        rows = pred.collect()
+        out["pred_ids"] = [r.i for r in rows]
+        out["pred_hits"] = sum(int(r.prediction[1] > r.prediction[0]) == r.label for r in rows)
+        est.shutdown()
         t = time.time()
         stop_orca_context()
         out["stop_s"] = time.time() - t
@@ -148,13 +173,31 @@ def test_ray_on_spark_tfcluster_and_to_ray_dataset_over_connect(connect_server, 
     nodes = got["tf_nodes"]
     assert sum(n["rows"] for n in nodes) == 2000  # two epochs of 1000 rows
     assert sum(n["total"] for n in nodes) == 2 * sum(range(1000))
+    assert got["fit"] == [400, 400]  # every row, every epoch
+    assert got["evaluate"]["num_samples"] == 400 and got["evaluate"]["Accuracy"] >= 0.8
+    assert got["pred_type"].startswith("pyspark.sql.connect")  # the input's kind
+    assert got["pred_ids"] == list(range(400))  # one prediction per row, in order
+    assert got["pred_hits"] == round(got["evaluate"]["Accuracy"] * 400)
     print(f"over Connect: start {got['start_s']:.1f}s, stop {got['stop_s']:.1f}s")
 
 
+def model_creator(config):
+    import torch
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+
+
+def optimizer_creator(model, config):
+    import torch
+    return torch.optim.Adam(model.parameters(), lr=0.02)
+
+
 def tmp_path_with_fns(tmp_path):
-    """tmp_path holding this module's map_fun as an importable module of the client."""
+    """tmp_path holding this module's map_fun and creators as an importable module of
+    the client."""
     import inspect
-    (tmp_path / "client_fns.py").write_text(inspect.getsource(count_rows))
+    (tmp_path / "client_fns.py").write_text("\n\n".join(
+        inspect.getsource(f) for f in (count_rows, model_creator, optimizer_creator)))
     return tmp_path
 
 

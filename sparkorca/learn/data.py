@@ -144,6 +144,17 @@ def feedable(data: Any, cols: Columns, min_partitions: int = 1):
     return ArrowInput(rdd.mapPartitions(functools.partial(shard_batches, cols)))
 
 
+def collected_batches(df) -> List[pa.RecordBatch]:
+    """A (small) DataFrame's rows as non-empty Arrow batches, classic or Connect."""
+    from ..node.job import over_connect
+    if over_connect(df):  # Spark 3.5's Connect client has no toArrow yet
+        table = df.toArrow() if hasattr(type(df), "toArrow") else df._to_table()[0]
+        batches = table.to_batches()
+    else:
+        batches = df._collect_as_arrow()
+    return [b for b in batches if b.num_rows]
+
+
 # -- executor side -----------------------------------------------------------------
 def _array_column(value: np.ndarray) -> Tuple[pa.Array, Optional[bytes]]:
     value = np.asarray(value)

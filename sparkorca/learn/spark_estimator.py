@@ -25,6 +25,7 @@ from .data import (
     Columns,
     check_batch_size,
     check_epochs,
+    collected_batches,
     columns_for,
     feedable,
     is_creator,
@@ -53,7 +54,7 @@ class SparkPlan:
 
 class Shipped:
     """A value sent inside a task's function where there is no Spark broadcast
-    (Ray tasks); read as a broadcast is, through ``value``."""
+    (Ray tasks, a Spark Connect client); read as a broadcast is, through ``value``."""
 
     def __init__(self, value) -> None:
         self.value = value
@@ -164,10 +165,10 @@ class SparkEstimator:
         running = context.current()
         if running is not None and running.session is not None:
             raise NoContextError(
-                "this Estimator call runs Spark tasks from a SparkContext (the spark "
-                "backend's workers; predict/evaluate of a DataFrame), which "
-                "cluster_mode='spark-connect' does not have; over Connect, fit with "
-                "backend='ray' (workers on RayOnSpark) and predict on a Ray Dataset")
+                "this Estimator call runs Spark jobs from a SparkContext (the spark "
+                "backend's workers, or Shards), which cluster_mode='spark-connect' does not "
+                "have; over Connect, fit with backend='ray' (workers on RayOnSpark) on a "
+                "DataFrame or a Ray Dataset")
         if running is None or running.sc is None:
             raise NoContextError("the Estimator's spark backend needs a running context: "
                                  "init_orca_context(...) first")
@@ -196,8 +197,9 @@ class SparkEstimator:
 
     def _shipped(self, data, value):
         """``value`` for evaluate's / predict's tasks: a Spark broadcast, or sent with
-        the function to Ray's tasks."""
-        if is_ray_dataset(data):
+        the function to Ray's tasks and through Spark Connect (it has no broadcast)."""
+        from ..node.job import over_connect
+        if is_ray_dataset(data) or over_connect(data):
             self._check_open()
             return Shipped(value)
         return self._sc().broadcast(value)
@@ -324,9 +326,7 @@ class SparkEstimator:
                 raise InvalidArgumentError("output_cols", output,
                                            f"a name not among the columns {data.columns}")
             from pyspark.sql.types import DoubleType, StructField, StructType
-            first: Any = data.select(*cols.features).limit(1)
-            batches = first._collect_as_arrow()
-            batches = [b for b in batches if b.num_rows]
+            batches = collected_batches(data.select(*cols.features).limit(1))
             kind = prediction_type(batches[0]) if batches else DoubleType()
             # a new schema: StructType.add would change the DataFrame's own
             schema = StructType(list(data.schema.fields) + [StructField(output, kind)])

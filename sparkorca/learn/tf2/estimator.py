@@ -26,6 +26,7 @@ from .. import checkpoints, partitions
 from ..data import (
     batch_arrays,
     check_batch_size,
+    collected_batches,
     columns_for,
     feedable,
     is_creator,
@@ -335,8 +336,7 @@ def _first_rows(data, cols) -> Any:
             1, batch_format="pyarrow")
         batches = [b for b in table.combine_chunks().to_batches() if b.num_rows]
     elif isinstance(data, DataFrame):
-        first: Any = data.select(*(cols.features + cols.labels)).limit(1)
-        batches = [b for b in first._collect_as_arrow() if b.num_rows]
+        batches = collected_batches(data.select(*(cols.features + cols.labels)).limit(1))
     else:
         batches = feedable(data, cols).to_arrow_rdd().filter(lambda b: b.num_rows).take(1)
     if not batches:
