@@ -57,6 +57,16 @@ def test_sql_runs_through_the_session_and_there_is_no_spark_context(connect_serv
             OrcaContext.get_spark_context()
         except NoContextError as e:
             out["no_sc"] = str(e)
+        from sparkorca.data.pandas import read_csv
+        try:  # RDD-based APIs name what to use instead
+            read_csv("x.csv")
+        except NoContextError as e:
+            out["no_shards"] = str(e)
+        from sparkorca.cluster import dfutil
+        try:
+            dfutil.loadTFRecords(None, "x")
+        except NoContextError as e:
+            out["no_dfutil"] = str(e)
         stop_orca_context()
         os.environ["SPARK_REMOTE"] = REMOTE  # the mode and the master from the environment
         spark = init_orca_context()
@@ -68,6 +78,8 @@ def test_sql_runs_through_the_session_and_there_is_no_spark_context(connect_serv
     assert got["sum"] == 4950 and got["from_env"] == 7
     assert "cluster_mode='spark-connect'" in got["no_sc"]
     assert "get_spark_session" in got["no_sc"]
+    assert "spark_df_to_ray_dataset" in got["no_shards"] and ".read" in got["no_shards"]
+    assert "spark-connect" in got["no_dfutil"]
 
 
 def test_the_server_sparkorca_starts_refuses_a_client_without_its_token(connect_server):
