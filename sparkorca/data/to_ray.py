@@ -12,8 +12,13 @@ them: no row passes through it. The holders
 
 from __future__ import annotations
 
+import importlib
+import logging
 import secrets
+import threading
 from typing import Any, List, Optional
+
+log = logging.getLogger(__name__)
 
 HOLDER_PREFIX = "sparkorca-holder"
 
@@ -30,11 +35,13 @@ def _holder_class():
 
         def store(self, key: tuple, table) -> None:
             # The table came as an argument, in the store but owned by the Spark
-            # task's process; this put makes the holder its owner.
-            self.refs[tuple(key)] = ray.put(table)
+            # task's process; this put makes the holder its owner. Its size and
+            # schema go with the ref, so the driver need not ask the block.
+            self.refs[tuple(key)] = ([ray.put(table)], table.num_rows, table.nbytes,
+                                     table.schema.serialize().to_pybytes())
 
         def collected(self) -> list:
-            return [(k, [v]) for k, v in self.refs.items()]  # nested: refs, not values
+            return list(self.refs.items())  # the ref nested in a list: a ref, not its value
 
     return Holder
 
@@ -79,31 +86,44 @@ def _put_partition(tag: str, namespace: str, index: int, batches):
     about BLOCK_BYTES owned by the holder on this node. Blocks go out while Spark
     still produces the rest; the task waits for all of them before it ends (until
     the holder has its copy, the task's process owns the data)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import pyarrow as pa
+    import ray
+
+    pending: list = []
+    block: list = []
+    size = 0
+    with ThreadPoolExecutor(1, thread_name_prefix="sparkorca-join") as pool:
+        # A fresh Python worker joins Ray (import, connect) while Spark produces the
+        # first block, rather than before it asks for any
+        holder = pool.submit(_local_holder, tag, namespace)
+
+        def send():
+            pending.append(holder.result().store.remote((index, len(pending)),
+                                                        pa.Table.from_batches(block)))
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            block.append(batch)
+            size += batch.nbytes
+            if size >= BLOCK_BYTES:
+                send()
+                block, size = [], 0
+        if block:
+            send()
+    ray.get(pending)
+    return [index] if pending else []
+
+
+def _local_holder(tag: str, namespace: str):
+    """Join Ray through this executor's raylet; the holder on its node."""
     import ray
 
     from ..ray import connect
     connect()
-    holder = _find_holder(f"{HOLDER_PREFIX}-{tag}-{ray.get_runtime_context().get_node_id()}",
-                          namespace)
-    pending: list = []
-    block: list = []
-    size = 0
-
-    def send():
-        pending.append(holder.store.remote((index, len(pending)), pa.Table.from_batches(block)))
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        block.append(batch)
-        size += batch.nbytes
-        if size >= BLOCK_BYTES:
-            send()
-            block, size = [], 0
-    if block:
-        send()
-    ray.get(pending)
-    return [index] if pending else []
+    return _find_holder(f"{HOLDER_PREFIX}-{tag}-{ray.get_runtime_context().get_node_id()}",
+                        namespace)
 
 
 def _to_ray(run_puts, holders_out: Optional[list] = None):
@@ -123,11 +143,50 @@ def _to_ray(run_puts, holders_out: Optional[list] = None):
         ray_context.keep_alive(holders)
     else:
         holders_out.extend(holders)
+    # the driver idles during the job: Ray Data's first import (~0.2 s) happens then
+    importing = threading.Thread(target=importlib.import_module, args=("ray.data",),
+                                 name="sparkorca-import", daemon=True)
+    importing.start()
     run_puts(tag, namespace)
-    refs = {}
+    importing.join()
+    blocks = {}
     for collected in ray.get([h.collected.remote() for h in holders]):
-        refs.update({tuple(k): v[0] for k, v in collected})
-    return ray.data.from_arrow_refs([refs[k] for k in sorted(refs)])
+        blocks.update({tuple(k): v for k, v in collected})
+    return dataset_of([blocks[k] for k in sorted(blocks)])
+
+
+def block_metadata(num_rows: int, size_bytes: int, schema: bytes):
+    """Ray Data's metadata of an Arrow block, from what its holder reported."""
+    import pyarrow as pa
+    from ray.data.block import BlockMetadataWithSchema
+    return BlockMetadataWithSchema(
+        num_rows=num_rows, size_bytes=size_bytes, exec_stats=None, input_files=None,
+        schema=pa.ipc.read_schema(pa.py_buffer(schema)))
+
+
+def dataset_of(blocks: list):
+    """A materialized Ray Dataset of ``blocks`` ([ref], rows, bytes, schema), in order.
+
+    ``ray.data.from_arrow_refs`` would run a task per block only to learn what the
+    holders already know (cold worker processes on a busy node); this is its body
+    with that metadata. Ray Data's internals move between releases: any other Ray
+    gets the public call."""
+    import ray
+    refs = [b[0][0] for b in blocks]
+    try:
+        from ray.data._internal.logical.interfaces import LogicalPlan
+        from ray.data._internal.logical.operators import FromArrow
+        from ray.data._internal.stats import DatasetStats
+        from ray.data.context import DataContext
+        from ray.data.dataset import MaterializedDataset
+        metadata = [block_metadata(*b[1:]) for b in blocks]
+        stats = DatasetStats(metadata={"FromArrow": metadata}, parent=None)
+        context = DataContext.get_current().copy()
+        return MaterializedDataset(LogicalPlan(FromArrow(refs, metadata), context), context,
+                                   stats)
+    except (ImportError, TypeError, AttributeError) as e:
+        log.debug("Ray Data's internals differ (%s); from_arrow_refs instead", e)
+        return ray.data.from_arrow_refs(refs)
 
 
 def shards_to_ray_dataset(shards):
