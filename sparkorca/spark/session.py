@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import threading
 from typing import Iterator, Optional
 
 from ..errors import InvalidArgumentError, OrcaRuntimeError
@@ -91,10 +92,24 @@ def end_gateway(gateway=None, timeout: float = 30.0) -> None:
 
 def stop_session_and_context(sc) -> None:
     from pyspark.sql import SparkSession
-    session = SparkSession._instantiatedSession
-    if session is not None:
-        session.stop()
-    sc.stop()
+    # pyspark's accumulator server serves the JVM's connection from one thread that
+    # looks at its stop flag once a second, and sc.stop() waits for it (0.5-1 s of
+    # a stop). It is needed until the JVM's SparkContext has stopped (tasks ending
+    # meanwhile still send updates), not after: it ends in the background then.
+    server = getattr(sc, "_accumulatorServer", None)
+    sc._accumulatorServer = None
+    try:
+        session = SparkSession._instantiatedSession
+        if session is not None:
+            session.stop()
+        sc.stop()
+    finally:
+        if server is not None:
+            server.server_shutdown = True
+            # the JVM's exit ends its connection: an EOF the handler need not report
+            server.handle_error = lambda request, client_address: None
+            threading.Thread(target=server.shutdown, name="sparkorca-accumulator-stop",
+                             daemon=True).start()
 
 
 def start_spark(launch: SparkLaunch, log_output: bool,
