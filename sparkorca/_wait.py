@@ -36,4 +36,4 @@ def wait_for(check: Callable[[], T], timeout: float, what: str,
                 raise OrcaRuntimeError(msg)
             raise StartupTimeoutError(msg)
         time.sleep(interval)  # a poll interval, not a synchronisation sleep
-        interval = min(interval * 1.5, 0.5)
+        interval = min(interval * 1.5, 0.1)  # a tenth of a second late at most

@@ -4,10 +4,11 @@ The launcher writes, on the node's stdin, a header with two lengths, the
 configuration (JSON) and an opaque payload (a TFCluster's cloudpickled map_fun).
 The node answers one line on its stdout: ``READY <json>`` (what the launcher
 should know: an address, a port) or ``FAILED <json>`` (why, and the tail of the
-output that shows it). Later, if the node dies on its own while its launcher
-still listens, it writes ``EXITED <json>``. The launcher sends ``DETACH`` on
-stdin to let the node outlive it; EOF before that means the launcher died, and
-the node must stop.
+output that shows it). A node of a gang (a barrier stage's raylets) later writes
+``RELEASED`` when the driver says every node of the gang is up. If the node dies
+on its own while its launcher still listens, it writes ``EXITED <json>``. The
+launcher sends ``DETACH`` on stdin to let the node outlive it; EOF before that
+means the launcher died, and the node must stop.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import psutil
 READY = "READY"
 FAILED = "FAILED"
 EXITED = "EXITED"
+RELEASED = "RELEASED"
 DETACH = "DETACH"
 HEADER = struct.Struct("!QQ")
 
@@ -80,6 +82,9 @@ class Handoff:
 
     def exited(self, why: str, tail: str = "") -> None:
         self._write(EXITED, {"why": why, "tail": tail})
+
+    def released(self) -> None:
+        self._write(RELEASED, None)
 
 
 def released_early(owner_pid: int, stdin_fd: int = 0) -> Optional[str]:

@@ -18,7 +18,7 @@ from typing import Dict, Optional
 from .._process import tail_file
 from ..errors import OrcaRuntimeError, StartupTimeoutError
 from .config import NodeConfig
-from .handoff import DETACH, EXITED, FAILED, READY, pack_launch
+from .handoff import DETACH, EXITED, FAILED, READY, RELEASED, pack_launch
 
 
 class RunningNode:
@@ -82,6 +82,23 @@ class RunningNode:
         self.stop()
         raise OrcaRuntimeError(f"{self.what}: its process exited unexpectedly (code "
                                f"{self.proc.poll()})\n--- last output ---\n{tail}")
+
+    def wait_released(self, timeout: float) -> None:
+        """After READY, for a node of a gang: block until it says the driver saw the
+        whole gang up; stop it and raise otherwise (it exited, or ``timeout``)."""
+        line = self._read_line(timeout)
+        kind, _, body = (line or "").partition(" ")
+        if kind == RELEASED:
+            return
+        if line is None:
+            self.stop()
+            raise StartupTimeoutError(f"timed out after {timeout:g}s waiting for the driver to "
+                                      f"see every node of {self.what}'s gang up")
+        why = json.loads(body)["why"] if kind == EXITED else f"code {self.proc.poll()}"
+        tail = json.loads(body)["tail"] if kind == EXITED else self._tail()
+        self.stop()
+        raise OrcaRuntimeError(f"{self.what} exited before its gang was up: {why}\n"
+                               f"--- last output ---\n{tail}")
 
     def exit_report(self) -> Optional[str]:
         """Why the node has died, with the output that shows it, or None while it

@@ -29,13 +29,6 @@ class TaskSlot:
         devices = self.gpu_env.get("CUDA_VISIBLE_DEVICES")
         return len(devices.split(",")) if devices else 0
 
-    def sync(self) -> None:
-        """In a barrier stage: wait until every task of the stage got here."""
-        if self.barrier:
-            from pyspark import BarrierTaskContext
-            assert isinstance(self.task_context, BarrierTaskContext)
-            self.task_context.barrier()
-
 
 def this_task(partition: int, barrier: bool) -> TaskSlot:
     from pyspark import BarrierTaskContext, TaskContext

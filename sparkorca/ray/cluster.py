@@ -293,14 +293,22 @@ class RayOnSpark:
         n = self.plan.num_ray_nodes if not self.plan.local else 0
         job = self._jobs[-1] if self._jobs else None
 
+        released = False
+
         def registered() -> set:
             return {info["node_name"] for info in self._raylet_infos(NodeState.RUNNING)}
 
         def all_up():
-            if job is not None and job.running:
-                return False  # the raylets detach once all are up (barrier)
-            names = registered()
-            return len(names) >= n and names <= self._alive_names()
+            nonlocal released
+            if not released:
+                names = registered()
+                if len(names) < n or not names <= self._alive_names():
+                    return False
+                # a barrier start's raylets outlive their tasks only from now on
+                self._hub.send([link.key for link in self._raylet_links()],
+                               {"type": "release"})
+                released = True
+            return job is None or not job.running  # its tasks end as they detach
 
         def failed():
             why = (job.failure() if job is not None else None) or self._head.exit_report()

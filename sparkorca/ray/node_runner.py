@@ -8,7 +8,9 @@ with the driver's hub and keeps the node alive until one of:
 
 - its owner process exits (the executor JVM for a raylet, the driver for the
   head), watched through a pidfd, so no polling;
-- its launching task ends before it sent DETACH (a barrier stage that lost a peer);
+- its launching task ends before it sent DETACH (a barrier stage that lost a peer;
+  a barrier task detaches once the driver, which sees every raylet register, sent
+  "release": Spark's own BarrierTaskContext.barrier() takes a second per call);
 - the driver says stop, or its control connection drops (the driver died);
 - SIGTERM (or its parent dying: PR_SET_PDEATHSIG);
 - the Ray node itself exits: then it tells the driver why, with Ray's log tails.
@@ -220,7 +222,7 @@ class Runner:
         if cfg.advertise:
             write_join_file(cfg, gcs_address)
         self.handoff.ready({"gcs_address": gcs_address, "runner_pid": os.getpid()})
-        control.serve(channel, on_message=lambda msg: None, on_stop=self.request_stop)
+        control.serve(channel, on_message=self._on_message, on_stop=self.request_stop)
         assert self.proc is not None
         node_fd = os.pidfd_open(self.proc.pid)
         reason = wait_until_released(cfg.owner_pid, {node_fd: "the Ray node exited",
@@ -233,6 +235,10 @@ class Runner:
         self._end()
         channel.close()
         return 0
+
+    def _on_message(self, msg: dict) -> None:
+        if msg.get("type") == "release":  # every raylet of the start is up
+            self.handoff.released()
 
     def _end(self) -> None:
         if self.proc is not None:

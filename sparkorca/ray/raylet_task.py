@@ -42,6 +42,7 @@ def start_raylet(base: RayNodeConfig, barrier: bool, partition: int, _rows):
     node = launch_ray_node(cfg, f"the raylet of Spark executor {slot.executor_id} on "
                                 f"{slot.host} (partition {partition})")
     node.wait_ready()
-    slot.sync()  # every raylet is up: only now may they outlive their tasks
+    if barrier:  # only once every raylet is up may they outlive their tasks
+        node.wait_released(cfg.ready_timeout)
     node.detach()
     yield {"executor_id": slot.executor_id, "started": True}
