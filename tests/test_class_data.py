@@ -82,12 +82,15 @@ def test_options_join_the_users_and_theirs_win(tmp_path, monkeypatch):
 
 
 def test_executors_share_archives_only_on_local_cluster(tmp_path, monkeypatch):
-    monkeypatch.setenv(class_data.EXECUTORS_ENV, "1")
+    monkeypatch.delenv(class_data.EXECUTORS_ENV, raising=False)
     plan_for_launch("local-cluster[2,1,1024]", {}, *JAVA, str(tmp_path))
     roles = [c.role for c in plan_for_launch("local-cluster[2,1,1024]", {}, *JAVA, str(tmp_path))]
     assert roles == ["driver", "executor"]
     for master in ("local[2]", "spark://10.0.0.1:7077", "yarn"):
         assert [c.role for c in plan_for_launch(master, {}, *JAVA, str(tmp_path))] == ["driver"]
+    monkeypatch.setenv(class_data.EXECUTORS_ENV, "0")  # the driver's only
+    roles = [c.role for c in plan_for_launch("local-cluster[2,1,1024]", {}, *JAVA, str(tmp_path))]
+    assert roles == ["driver"]
 
 
 def test_a_class_path_the_jvm_cannot_dump_is_left_alone(tmp_path, monkeypatch):

@@ -55,7 +55,7 @@ def test_class_archives_are_written_at_a_stop_and_mapped_after(tmp_path, monkeyp
     from sparkorca.spark.class_data import plan_for_launch
     from sparkorca.spark.java import check_java
     monkeypatch.setenv("SPARKORCA_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("SPARKORCA_CLASS_DATA_SHARING_EXECUTORS", "1")
+    monkeypatch.delenv("SPARKORCA_CLASS_DATA_SHARING_EXECUTORS", raising=False)  # on by default
     cds = tmp_path / "cds"
     # as on a machine that started Spark once before: the first start only leaves a marker
     assert plan_for_launch("local-cluster[1,1,1024]", {}, *check_java(), str(cds)) == []

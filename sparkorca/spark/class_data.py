@@ -7,8 +7,8 @@ next start (``-XX:SharedArchiveFile``); Spark does neither by default. Writing
 costs a few seconds, so a machine that starts Spark only once (a fresh container)
 never does: an install's first context only leaves a marker, the second writes
 the driver JVM's archive as the JVM exits at stop, and every later one maps it.
-Executors (local-cluster masters only, where they run on this machine) take part
-when ``SPARKORCA_CLASS_DATA_SHARING_EXECUTORS=1``. An archive's name is a digest
+Executors take part on local-cluster masters (where they run on this machine)
+unless ``SPARKORCA_CLASS_DATA_SHARING_EXECUTORS=0``. An archive's name is a digest
 of what must match for the JVM to accept it (the java binary and version, Spark's
 jars, the extra class path); the JVM checks it again and, on a mismatch, loads
 classes the usual way, silently. ``SPARKORCA_CLASS_DATA_SHARING=0`` turns it off.
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 SWITCH_ENV = "SPARKORCA_CLASS_DATA_SHARING"
 ROLES = ("driver", "executor")
-EXECUTORS_ENV = "SPARKORCA_CLASS_DATA_SHARING_EXECUTORS"  # "1": executors too
+EXECUTORS_ENV = "SPARKORCA_CLASS_DATA_SHARING_EXECUTORS"  # "0": the driver's only
 SUBMIT_OPTS = "SPARK_SUBMIT_OPTS"  # read by spark-submit into the driver JVM's options
 # Environment variables whose options every JVM started here takes.
 JVM_OPTION_ENVS = (SUBMIT_OPTS, "JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS")
@@ -210,12 +210,9 @@ def plan_class_data(role: str, conf: Dict[str, str], java: str, java_version: st
 
 def plan_for_launch(master: str, conf: Dict[str, str], java: str, java_version: str,
                     directory: str) -> List[ClassData]:
-    """The driver's; with EXECUTORS_ENV set, on a local-cluster master (executors
-    on this machine) the executors' too."""
-    # Executors: opt-in until an intermittent leak of a local-cluster executor JVM
-    # in CI (tests/test_tfos_pipeline teardown) is understood; it also happened with
-    # this off, so it may be unrelated. See the closing note of stop 25.
+    """The driver's; on a local-cluster master (executors on this machine) the
+    executors' too, unless EXECUTORS_ENV is "0"."""
     roles = ["driver"] + (["executor"] if master.startswith("local-cluster")
-                          and os.environ.get(EXECUTORS_ENV) == "1" else [])
+                          and os.environ.get(EXECUTORS_ENV) != "0" else [])
     found = (plan_class_data(role, conf, java, java_version, directory) for role in roles)
     return [c for c in found if c is not None]
