@@ -282,7 +282,8 @@ class RayOnSpark:
         return log_tails(head.temp_dir, os.path.join(head.temp_dir, "ray-start.log"))
 
     def _raylet_links(self) -> List[NodeLink]:
-        return [link for key, link in self._hub.nodes.items() if key != HEAD]
+        with self._hub.cond:  # the hub's accept threads add nodes meanwhile
+            return [link for key, link in self._hub.nodes.items() if key != HEAD]
 
     def _raylet_infos(self, state: Optional[NodeState] = None) -> List[dict]:
         """What each raylet registered with (those in ``state``, if given)."""
@@ -308,7 +309,10 @@ class RayOnSpark:
                 self._hub.send([link.key for link in self._raylet_links()],
                                {"type": "release"})
                 released = True
-            return job is None or not job.running  # its tasks end as they detach
+            if job is not None and (job.running or job.failure()):
+                return False  # its tasks end as they detach; a failure is failed()'s
+            names = registered()  # a raylet may have died between release and detach
+            return len(names) >= n and names <= self._alive_names()
 
         def failed():
             why = (job.failure() if job is not None else None) or self._head.exit_report()

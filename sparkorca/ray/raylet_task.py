@@ -43,6 +43,8 @@ def start_raylet(base: RayNodeConfig, barrier: bool, partition: int, _rows):
                                 f"{slot.host} (partition {partition})")
     node.wait_ready()
     if barrier:  # only once every raylet is up may they outlive their tasks
-        node.wait_released(cfg.ready_timeout)
+        # the driver may release as late as its own start deadlines allow; if it
+        # gives up instead, it cancels this job
+        node.wait_released(3 * cfg.ready_timeout)
     node.detach()
     yield {"executor_id": slot.executor_id, "started": True}

@@ -39,6 +39,13 @@ def gpu_env(task_context) -> dict:
     return {"CUDA_VISIBLE_DEVICES": ",".join(gpu.addresses)}
 
 
+def attempt_number() -> int:
+    """This Spark task's attempt (0 unless it is a retry or a speculative copy)."""
+    from pyspark import TaskContext
+    context = TaskContext.get()
+    return context.attemptNumber() if context is not None else 0
+
+
 def partition_id() -> int:
     """This Spark task's partition (mapInArrow does not pass it to its function)."""
     from pyspark import TaskContext

@@ -110,6 +110,9 @@ def stop_session_and_context(sc) -> None:
             server.handle_error = lambda request, client_address: None
             threading.Thread(target=server.shutdown, name="sparkorca-accumulator-stop",
                              daemon=True).start()
+            if isinstance(server.server_address, str):  # a unix socket's file: gone now,
+                with contextlib.suppress(OSError):      # even if the process ends first
+                    os.unlink(server.server_address)
 
 
 def start_spark(launch: SparkLaunch, log_output: bool,
