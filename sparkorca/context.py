@@ -72,6 +72,14 @@ def current() -> Optional[_Running]:
 running_context = current  # the name earlier code used
 
 
+def refuse_over_connect(api: str, instead: str) -> None:
+    """Raise, before anything starts, when ``api`` (built on RDDs) is called in a
+    cluster_mode='spark-connect' context; ``instead`` says what to use there."""
+    if _running is not None and _running.session is not None:
+        raise NoContextError(f"{api} runs RDD jobs from a SparkContext, which "
+                             f"cluster_mode='spark-connect' does not have: {instead}")
+
+
 def flags() -> FlagValues:
     """The OrcaContext flags as they are now."""
     return _flags.snapshot()

@@ -67,6 +67,16 @@ def test_sql_runs_through_the_session_and_there_is_no_spark_context(connect_serv
             dfutil.loadTFRecords(None, "x")
         except NoContextError as e:
             out["no_dfutil"] = str(e)
+        import torch
+        from sparkorca.learn.pytorch import Estimator
+        est = Estimator.from_torch(model=lambda c: torch.nn.Linear(1, 2),
+                                   optimizer=lambda m, c: torch.optim.SGD(m.parameters(), 0.1),
+                                   loss=torch.nn.CrossEntropyLoss())  # backend="spark"
+        try:
+            est.fit(spark.sql("SELECT array(1.0) AS x, 1 AS y"), feature_cols=["x"],
+                    label_cols=["y"])
+        except NoContextError as e:
+            out["no_spark_backend"] = str(e)
         stop_orca_context()
         os.environ["SPARK_REMOTE"] = REMOTE  # the mode and the master from the environment
         spark = init_orca_context()
@@ -80,6 +90,7 @@ def test_sql_runs_through_the_session_and_there_is_no_spark_context(connect_serv
     assert "get_spark_session" in got["no_sc"]
     assert "spark_df_to_ray_dataset" in got["no_shards"] and ".read" in got["no_shards"]
     assert "spark-connect" in got["no_dfutil"]
+    assert "backend='ray'" in got["no_spark_backend"]
 
 
 def test_the_server_sparkorca_starts_refuses_a_client_without_its_token(connect_server):

@@ -71,7 +71,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from ..errors import InvalidArgumentError, NoContextError, OrcaRuntimeError
+from ..errors import InvalidArgumentError, OrcaRuntimeError
 
 if TYPE_CHECKING:
     from pyspark import SparkContext
@@ -134,7 +134,7 @@ def saveAsTFRecords(df: "DataFrame", output_dir: str) -> None:
     from pyspark.sql import DataFrame
     if not isinstance(df, DataFrame):
         raise InvalidArgumentError("df", _short(df), "a pyspark.sql.DataFrame")
-    _not_over_connect(df, "saveAsTFRecords")
+    _not_over_connect("saveAsTFRecords")
     to_examples = toTFExample(df.dtypes)  # refuses unsupported columns before any job
     fs, root = _filesystem("output_dir", output_dir)
     if fs.exists(root):
@@ -176,7 +176,7 @@ def loadTFRecords(sc: "SparkContext", input_dir: str,
     from pyspark.sql import SparkSession
 
     from ..data.paths import expand_paths
-    _not_over_connect(sc, "loadTFRecords")
+    _not_over_connect("loadTFRecords")
     if not isinstance(sc, SparkContext):
         raise InvalidArgumentError("sc", _short(sc), "a pyspark.SparkContext")
     binary = _names("binary_features", binary_features)
@@ -258,15 +258,11 @@ def fromTFExample(iter: Iterable[Any], binary_features: Collection[str] = ()) ->
         yield Row(**dict(zip(schema.names, _row_values(example, schema))))
 
 
-def _not_over_connect(obj: Any, api: str) -> None:
-    from ..context import current
-    from ..node.job import over_connect
-    running = current()
-    if over_connect(obj) or (running is not None and running.session is not None):
-        raise NoContextError(
-            f"dfutil.{api} runs RDD jobs, which cluster_mode='spark-connect' does not have: "
-            "read and write TFRecords with a Spark TFRecord data source on the server "
-            "(spark-tfrecord's format('tfrecord')), or from a mapInArrow UDF")
+def _not_over_connect(api: str) -> None:
+    from ..context import refuse_over_connect
+    refuse_over_connect(f"dfutil.{api}", "read and write TFRecords with a Spark TFRecord "
+                        "data source on the server (spark-tfrecord's format('tfrecord')), or "
+                        "from a mapInArrow UDF")
 
 
 # --- executor side -------------------------------------------------------------------

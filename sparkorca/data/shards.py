@@ -300,14 +300,11 @@ def _spark_context():
     from pyspark import SparkContext
     sc = SparkContext._active_spark_context
     if sc is None:
-        from .. import context
-        running = context.current()
-        if running is not None and running.session is not None:
-            raise NoContextError(
-                "sparkorca.data's Shards and readers are built on RDDs, which "
-                "cluster_mode='spark-connect' does not have: read with the session's "
-                "DataFrame readers (OrcaContext.get_spark_session().read) and hand "
-                "DataFrames to Ray with sparkorca.data.spark_df_to_ray_dataset")
+        from ..context import refuse_over_connect
+        refuse_over_connect("sparkorca.data's Shards and readers",
+                            "read with the session's DataFrame readers "
+                            "(OrcaContext.get_spark_session().read) and hand DataFrames to "
+                            "Ray with sparkorca.data.spark_df_to_ray_dataset")
         raise NoContextError("sparkorca.data needs a running Spark context: call "
                              "init_orca_context(...) first (e.g. init_orca_context("
                              "cluster_mode='local', cores=2))")

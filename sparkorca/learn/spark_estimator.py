@@ -162,13 +162,10 @@ class SparkEstimator:
     # -- where it runs ---------------------------------------------------------
     def _sc(self):
         self._check_open()
+        context.refuse_over_connect(
+            "this Estimator call (the spark backend's workers, or Shards)",
+            "fit with backend='ray' (workers on RayOnSpark) on a DataFrame or a Ray Dataset")
         running = context.current()
-        if running is not None and running.session is not None:
-            raise NoContextError(
-                "this Estimator call runs Spark jobs from a SparkContext (the spark "
-                "backend's workers, or Shards), which cluster_mode='spark-connect' does not "
-                "have; over Connect, fit with backend='ray' (workers on RayOnSpark) on a "
-                "DataFrame or a Ray Dataset")
         if running is None or running.sc is None:
             raise NoContextError("the Estimator's spark backend needs a running context: "
                                  "init_orca_context(...) first")
