@@ -129,6 +129,21 @@ def test_keras_trains_on_ray_with_identical_weights(frames, digits):
     assert result["validation_accuracy"] >= 0.9, result
 
 
+class RankOneExploding(nn.Module):
+    """Trains on rank 0; fails on rank 1 in its second step (after one exchange)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(64, 10)
+        self.steps = 0
+
+    def forward(self, x):
+        self.steps += 1
+        if torch.distributed.get_rank() == 1 and self.steps == 2:
+            raise ValueError("rank 1 failed on purpose")
+        return self.lin(x)
+
+
 def test_a_ray_worker_exception_fails_fit_and_leaves_no_actor(frames):
     import ray
     from test_estimator import Exploding
@@ -138,6 +153,13 @@ def test_a_ray_worker_exception_fails_fit_and_leaves_no_actor(frames):
     with pytest.raises(OrcaRuntimeError, match="failed on purpose") as info:
         est.fit(train, epochs=2, **COLS)
     assert "worker" in str(info.value) and "in forward" in str(info.value)  # its traceback
+    # one worker fails, its partner sees the gradient exchange close: the cause is raised
+    est = Estimator.from_torch(model=lambda config: RankOneExploding(),
+                               optimizer=optimizer_creator, loss=nn.CrossEntropyLoss(),
+                               backend="ray")
+    with pytest.raises(OrcaRuntimeError, match="rank 1 failed on purpose") as info:
+        est.fit(train, epochs=2, **COLS)
+    assert "worker 1 failed" in str(info.value)
 
     def actors_gone():  # Ray titles an actor's process "ray::<class>..."
         return not any("TrainWorker" in " ".join(p.info["cmdline"] or [])

@@ -9,6 +9,7 @@ that build the model and return ``predict(xs) -> ndarray`` (its first output).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable, Iterator, List, Optional
 
 import numpy as np
@@ -34,6 +35,9 @@ class WorkerJob:
     threads: int
     evaluate_only: bool = False  # evaluate(data creator): val_creator's data, no training
     callbacks: tuple = ()  # the framework's callbacks, run on the workers
+    # proves a worker to the others in the gradient exchange (learn.allreduce); a
+    # fresh one per job, carried with the job (as the node layer's cluster secret)
+    secret: bytes = dataclasses.field(default_factory=lambda: os.urandom(32), repr=False)
 
 
 class _Forwarded:

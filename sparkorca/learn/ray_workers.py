@@ -18,13 +18,16 @@ import math
 import os
 import re
 import socket
+import time
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from ..errors import InvalidArgumentError, OrcaRuntimeError, StartupTimeoutError
+from .allreduce import PEER_GONE
 from .data import ArrowInput, Columns, feedable, is_ray_dataset
 
 ACTORS_TIMEOUT = 120.0  # for the workers' actors to be placed and started
 POLL = 0.2  # how often the driver looks at the progress queue while it waits
+CAUSE_WAIT = 10.0  # for a failed worker's own error, once its partner reported the exchange closed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,12 +83,13 @@ def dataset_of(data: Any, cols: Columns, holders: list):
     return spark_df_to_ray_dataset(fed, holders)
 
 
-def shares(ds, n: int) -> List[list]:
+def shares(ds, n: int) -> List[dict]:
     """``n`` contiguous shares of ``ds`` whose row counts differ by one at most,
-    each as the ObjectRefs of its Arrow tables."""
+    each as the ObjectRefs of its Arrow tables ("blocks") and its "rows"."""
     count = ds.count()
-    return [share.to_arrow_refs() for share in
-            ds.split_at_indices([count * i // n for i in range(1, n)])]
+    cuts = [count * i // n for i in range(n + 1)]
+    return [{"blocks": share.to_arrow_refs(), "rows": cuts[i + 1] - cuts[i]}
+            for i, share in enumerate(ds.split_at_indices(cuts[1:-1]))]
 
 
 class RayFeed:
@@ -95,8 +99,9 @@ class RayFeed:
     tables are read from the node's shared memory (no copy when local) and cut
     into batches here, with no Ray Data executor in the worker."""
 
-    def __init__(self, blocks: list) -> None:
+    def __init__(self, blocks: list, rows: int) -> None:
         self.blocks = blocks  # ObjectRefs of pyarrow Tables, in order
+        self.rows = rows
         self._batches: Optional[Iterator[Any]] = None
 
     def _epoch(self, size: int) -> Iterator[Any]:
@@ -137,8 +142,9 @@ def _joined(tables: list):
 class WorkerContext:
     """What a training worker's ``main`` reads off its TFCluster ctx, on Ray."""
 
-    def __init__(self, shares: Dict[str, list], rank: int, progress) -> None:
-        self._feeds = {name: RayFeed(blocks) for name, blocks in shares.items()}
+    def __init__(self, shares: Dict[str, dict], rank: int, progress) -> None:
+        self._feeds = {name: RayFeed(share["blocks"], share["rows"])
+                       for name, share in shares.items()}
         self._rank = rank
         self._progress = progress
 
@@ -191,7 +197,7 @@ def _worker_class():
                 s.bind((ip, 0))
                 return ip, s.getsockname()[1]
 
-        def run(self, main: ByValue, env: Dict[str, str], shares: Dict[str, list],
+        def run(self, main: ByValue, env: Dict[str, str], shares: Dict[str, dict],
                 progress) -> Any:
             os.environ.update(env)
             return main(WorkerContext(shares, int(env["RANK"]), progress))
@@ -217,7 +223,7 @@ def run_workers(plan_: Plan, main: Callable, job: Any, cols: Optional[Columns], 
     from ray.util.queue import Queue
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     n = plan_.num_workers
-    per_worker: List[Dict[str, list]] = [{} for _ in range(n)]
+    per_worker: List[Dict[str, dict]] = [{} for _ in range(n)]
     actors: list = []  # the data's holders, the progress queue, the workers: all end here
     try:
         if cols is not None:
@@ -269,6 +275,8 @@ def _wait(refs: list, progress, on_progress: Callable[[dict], None]) -> list:
     from ray.exceptions import RayActorError, RayTaskError
     from ray.util.queue import Empty
     pending = list(refs)
+    consequence: Optional[OrcaRuntimeError] = None
+    cause_deadline = 0.0
     while pending:
         ready, pending = ray.wait(pending, num_returns=1, timeout=POLL)
         while True:
@@ -282,9 +290,15 @@ def _wait(refs: list, progress, on_progress: Callable[[dict], None]) -> list:
                 ray.get(ref)
             except RayTaskError as err:  # its text carries the worker's traceback
                 text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # no terminal colours
-                raise OrcaRuntimeError(f"Estimator.fit: worker {rank} failed:\n{text}") \
-                    from None
+                error = OrcaRuntimeError(f"Estimator.fit: worker {rank} failed:\n{text}")
+                if PEER_GONE not in text:
+                    raise error from None
+                # its partner's failure ended the exchange: that worker's error says why
+                consequence = consequence or error
+                cause_deadline = cause_deadline or time.monotonic() + CAUSE_WAIT
             except RayActorError as err:
                 raise OrcaRuntimeError(f"Estimator.fit: worker {rank} (a Ray actor) died: "
                                        f"{err}") from None
+        if consequence is not None and (not pending or time.monotonic() > cause_deadline):
+            raise consequence from None
     return ray.get(refs)

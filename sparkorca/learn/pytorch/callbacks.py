@@ -161,4 +161,10 @@ def checked(callbacks) -> List[Callback]:
     return (mains or [MainCallback()]) + [cb for cb in items if not isinstance(cb, MainCallback)]
 
 
+def may_stop_early(callbacks) -> bool:
+    """Whether one of ``callbacks`` may end a worker's epoch early (``runner.stop``):
+    any but the default step and ModelCheckpoint (which never do)."""
+    return any(type(cb) not in (MainCallback, ModelCheckpoint) for cb in callbacks)
+
+
 __all__ = ["Callback", "MainCallback", "ModelCheckpoint"]

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import numpy as np
 
+from ..allreduce import PeerSum
 from ..checkpoints import epoch_checkpoints
 from ..data import Columns, batch_arrays
 from ..gloo import gather_json
@@ -238,26 +239,26 @@ def _evaluate_batches(model, batches) -> int:
 # -- the training worker ------------------------------------------------------------
 class GradientSync:
     """``optimizer.apply`` with the gradients first averaged over the workers by one
-    all-reduce, weighted by the rows each worker had in the step (``weight``); a
-    worker without data takes part with weight 0. ``active``: whether any worker
-    had data in the last step (when none had, nothing is applied)."""
+    all-reduce (``summer``, learn.allreduce), weighted by the rows each worker had in
+    the step (``weight``); a worker without data takes part with weight 0.
+    ``active``: whether any worker had data in the last step (when none had,
+    nothing is applied)."""
 
-    def __init__(self, optimizer):
+    def __init__(self, optimizer, summer: PeerSum):
         self._apply = optimizer.apply
+        self._summer = summer
         optimizer.apply = self  # what the model's train step calls
         self.weight = 0
         self.active = True
 
     def __call__(self, grads, trainable_variables=None):
         import torch
-        import torch.distributed as dist
         variables = list(trainable_variables)
         weight = float(self.weight)
         self.weight = 0
         parts = [(g if g is not None else torch.zeros_like(v.value)).reshape(-1)
                  .to(torch.float32) * weight for g, v in zip(grads, variables)]
-        buf = torch.cat(parts + [torch.tensor([weight])])
-        dist.all_reduce(buf)
+        buf = self._summer.sum_(torch.cat(parts + [torch.tensor([weight])]))
         total = float(buf[-1])
         self.active = total > 0
         if not self.active:
@@ -403,19 +404,23 @@ def train_main(blob: bytes, ctx) -> Optional[dict]:
     import torch.distributed as dist
     torch.set_num_threads(max(1, job.threads))
     dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=30))
+    summer = None
     try:
-        return _train(job, ctx, dist.get_rank(), dist.get_world_size())
+        summer = PeerSum.connect(job.secret)
+        return _train(job, ctx, dist.get_rank(), dist.get_world_size(), summer)
     finally:
+        if summer is not None:
+            summer.close()
         dist.destroy_process_group()
 
 
-def _train(job: KerasJob, ctx, rank: int, world: int) -> Optional[dict]:
+def _train(job: KerasJob, ctx, rank: int, world: int, summer: PeerSum) -> Optional[dict]:
     local_bs = max(1, job.batch_size // world)
     model = job.source.build(state_from_bytes(job.state))
     if not getattr(model, "compiled", False):
         raise ValueError("the model is not compiled: compile it in model_creator or pass "
                          "compile_args_creator=(config) -> {optimizer, loss, metrics}")
-    sync = GradientSync(model.optimizer)
+    sync = GradientSync(model.optimizer, summer)
     val: Optional[Callable[[], Iterator[tuple]]] = None
     if job.has_val and job.cols is not None:
         stored = list(_feed_epoch(ctx.get_data_feed(qname_in="val"), local_bs, job.cols))
