@@ -10,6 +10,7 @@ from conftest import QUIET, shared_context
 from pyspark import cloudpickle
 
 from sparkorca.errors import InvalidArgumentError, OrcaRuntimeError
+from sparkorca.node.host import node_ip
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -150,6 +151,21 @@ def test_bad_columns_fail_before_any_job(frames):
                                           label_cols=["label"])
 
 
+class ListenLog(Callback):
+    """Each worker writes the TCP addresses its process listens on, mid-fit."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def after_train_epoch(self, runner):
+        import psutil
+        proc = psutil.Process()
+        conns = proc.net_connections("tcp") if hasattr(proc, "net_connections") \
+            else proc.connections("tcp")
+        with open(f"{self.path}-{runner.rank}", "w") as f:
+            json.dump([c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN], f)
+
+
 class HookLog(Callback):
     """Rank 0 appends each epoch-level hook and the runner's epoch count to a file;
     rank 1 asks to stop during the second epoch."""
@@ -201,7 +217,8 @@ def test_orca_callbacks_run_on_the_workers(frames, tmp_path, capsys):
     est = estimator()
     stats = est.fit(train, epochs=5, batch_size=64, validation_data=test,
                     callbacks=[HookLog(str(log)),
-                               ModelCheckpoint(str(tmp_path / "ckpt" / "digits-{epoch}"))],
+                               ModelCheckpoint(str(tmp_path / "ckpt" / "digits-{epoch}")),
+                               ListenLog(str(tmp_path / "listen"))],
                     **COLS)
     assert [s["epoch"] for s in stats] == [1, 2]  # stopped on every worker after epoch 2
     assert est.epoch == 2
@@ -212,6 +229,12 @@ def test_orca_callbacks_run_on_the_workers(frames, tmp_path, capsys):
         "before_train_epoch 1", "after_val_epoch 1", "after_train_epoch 2", "after_run 2"]
     assert {p.name for p in (tmp_path / "ckpt").iterdir()} == \
         {"digits-epoch=1.ckpt", "digits-epoch=2.ckpt", "last.ckpt"}  # Orca's names
+    # the group's store (rank 0) and gloo's pairs listen on the node's address only
+    # (torch's defaults: every interface; the host name's address); the gradient
+    # exchange's listener is closed once the partners are connected
+    listening = {r: json.loads((tmp_path / f"listen-{r}").read_text()) for r in (0, 1)}
+    assert listening[0] and all(ip == node_ip() for ips in listening.values() for ip in ips), \
+        listening
     again = estimator()
     again.load_checkpoint(str(tmp_path / "ckpt" / "last.ckpt"))
     assert again.evaluate(test, **COLS) == est.evaluate(test, **COLS)

@@ -24,7 +24,7 @@ from .. import metrics as metricmod
 from ..allreduce import PeerSum, ddp_hook
 from ..checkpoints import epoch_checkpoints
 from ..data import Columns, batch_arrays, is_creator
-from ..gloo import gather_json
+from ..gloo import gather_json, init_process_group
 from ..partitions import WorkerJob, chunks, feed_batches
 from .callbacks import MainCallback, may_stop_early
 from .runner import Runner
@@ -188,13 +188,12 @@ def _sharded_loader(loader, rank: int, world: int, shuffle: bool):
 
 def train_main(job: TrainJob, ctx) -> Optional[dict]:
     """One worker of ``Estimator.fit``: ``map_fun(args, ctx)`` of a TFCluster node."""
-    import datetime
 
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
     torch.set_num_threads(max(1, job.threads))
-    dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=30))
+    init_process_group()
     summer = None
     try:
         rank, world = dist.get_rank(), dist.get_world_size()

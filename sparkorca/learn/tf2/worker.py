@@ -32,7 +32,7 @@ import numpy as np
 from ..allreduce import PeerSum
 from ..checkpoints import epoch_checkpoints
 from ..data import Columns, batch_arrays
-from ..gloo import gather_json
+from ..gloo import gather_json, init_process_group
 from ..partitions import WorkerJob, chunks, feed_batches
 
 SAVED_SUFFIXES = (".keras", ".h5")
@@ -392,7 +392,6 @@ def train_main(blob: bytes, ctx) -> Optional[dict]:
     """One worker of ``Estimator.fit``: ``map_fun(args, ctx)`` of a TFCluster node.
     ``blob``: the cloudpickled KerasJob, read only once Keras' backend is set."""
     os.environ["KERAS_BACKEND"] = "torch"  # unpickling the creators may import Keras
-    import datetime
     import pickle
 
     job: KerasJob = pickle.loads(blob)
@@ -403,7 +402,7 @@ def train_main(blob: bytes, ctx) -> Optional[dict]:
     import torch
     import torch.distributed as dist
     torch.set_num_threads(max(1, job.threads))
-    dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=30))
+    init_process_group()
     summer = None
     try:
         summer = PeerSum.connect(job.secret)
