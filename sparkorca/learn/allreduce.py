@@ -45,6 +45,7 @@ class PeerSum:
         self.partners = partners  # per round, in round order: partner rank -> socket
         self.timeout = timeout
         self._selector = selectors.DefaultSelector()
+        self._into: Dict[tuple, object] = {}
 
     @classmethod
     def connect(cls, secret: bytes, timeout: float = 1800.0) -> "PeerSum":
@@ -104,12 +105,16 @@ class PeerSum:
         """``tensor`` (contiguous, on the CPU) replaced by its sum over the workers."""
         if self.world == 1:
             return tensor
-        if not self.partners or (self.world > 2 and tensor.nbytes > LARGE):
+        if not self.partners or (self.world > 2 and tensor.nbytes > LARGE) or \
+                not tensor.is_contiguous():
             import torch.distributed as dist
             dist.all_reduce(tensor)
             return tensor
         import torch
-        other = torch.empty_like(tensor)
+        key = (tensor.numel(), tensor.dtype)
+        other = self._into.get(key)
+        if other is None:  # one receive buffer per size: DDP's buckets come back each step
+            other = self._into[key] = torch.empty_like(tensor)
         mine = memoryview(tensor.detach().numpy()).cast("B")
         theirs = memoryview(other.numpy()).cast("B")
         for peer, sock in self.partners.items():
@@ -154,6 +159,7 @@ class PeerSum:
         for sock in self.partners.values():
             sock.close()
         self.partners = {}
+        self._into = {}
         self._selector.close()
 
 
