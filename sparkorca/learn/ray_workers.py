@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from ..errors import InvalidArgumentError, OrcaRuntimeError, StartupTimeoutError
-from .allreduce import PEER_GONE
+from .allreduce import CONSEQUENCES
 from .data import ArrowInput, Columns, feedable, is_ray_dataset
 
 ACTORS_TIMEOUT = 120.0  # for the workers' actors to be placed and started
@@ -291,9 +291,9 @@ def _wait(refs: list, progress, on_progress: Callable[[dict], None]) -> list:
             except RayTaskError as err:  # its text carries the worker's traceback
                 text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # no terminal colours
                 error = OrcaRuntimeError(f"Estimator.fit: worker {rank} failed:\n{text}")
-                if PEER_GONE not in text:
+                if not any(c in text for c in CONSEQUENCES):
                     raise error from None
-                # its partner's failure ended the exchange: that worker's error says why
+                # another worker's failure ended its collective: that one's error says why
                 consequence = consequence or error
                 cause_deadline = cause_deadline or time.monotonic() + CAUSE_WAIT
             except RayActorError as err:
