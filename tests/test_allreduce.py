@@ -19,7 +19,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, secrets, out):
+def _worker(rank, world, port, secrets, connect_timeout, out):
     import torch.distributed as dist
 
     from sparkorca.learn.allreduce import PeerSum
@@ -27,7 +27,7 @@ def _worker(rank, world, port, secrets, out):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        summer = PeerSum.connect(secrets[rank], connect_timeout=5)
+        summer = PeerSum.connect(secrets[rank], connect_timeout=connect_timeout)
     except Exception as e:
         out.put((rank, "error", f"{type(e).__name__}: {e}"))
         dist.destroy_process_group()
@@ -46,12 +46,12 @@ def _worker(rank, world, port, secrets, out):
         dist.destroy_process_group()
 
 
-def _run(world, secrets=None):
+def _run(world, secrets=None, connect_timeout=60.0):
     secrets = secrets or [b"s" * 32] * world
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, secrets, out))
+    procs = [ctx.Process(target=_worker, args=(r, world, port, secrets, connect_timeout, out))
              for r in range(world)]
     for p in procs:
         p.start()
@@ -86,7 +86,7 @@ def test_every_worker_gets_bitwise_the_same_sum(world):
 
 
 def test_a_worker_without_the_secret_is_refused():
-    got = _run(2, [b"a" * 32, b"b" * 32])
+    got = _run(2, [b"a" * 32, b"b" * 32], connect_timeout=2.0)
     # the connecting worker learns it was refused; the listening one drops it and
     # waits for its partner until its deadline, naming the worker that never came
     assert got[1][0] == "error" and "secret" in got[1][1], got
