@@ -1,6 +1,7 @@
 """The Estimators' gradient exchange (sparkorca.learn.allreduce) between real
-torch.distributed processes: the sum it gives every worker, the fallback to
-gloo, and the secret it demands."""
+torch.distributed processes (their group made by learn.gloo over
+learn.rendezvous's store): the sum it gives every worker, the fallback to gloo,
+and the secret the exchange and the store demand."""
 
 import multiprocessing as mp
 import os
@@ -23,14 +24,17 @@ def _worker(rank, world, port, secrets, connect_timeout, out):
     import torch.distributed as dist
 
     from sparkorca.learn.allreduce import PeerSum
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), SPARKORCA_NODE_IP="127.0.0.1")
+    from sparkorca.learn.gloo import init_process_group
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), SPARKORCA_NODE_IP="127.0.0.1")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    rendezvous = init_process_group(b"r" * 32)  # the Estimators' group and its store
     try:
         summer = PeerSum.connect(secrets[rank], connect_timeout=connect_timeout)
     except Exception as e:
         out.put((rank, "error", f"{type(e).__name__}: {e}"))
         dist.destroy_process_group()
+        rendezvous.close()
         return
     try:
         results = []
@@ -44,6 +48,7 @@ def _worker(rank, world, port, secrets, connect_timeout, out):
     finally:
         summer.close()
         dist.destroy_process_group()
+        rendezvous.close()
 
 
 def _run(world, secrets=None, connect_timeout=60.0):
@@ -91,3 +96,42 @@ def test_a_worker_without_the_secret_is_refused():
     # waits for its partner until its deadline, naming the worker that never came
     assert got[1][0] == "error" and "secret" in got[1][1], got
     assert got[0][0] == "error" and "waiting for workers [1]" in got[0][1], got
+
+
+def test_the_rendezvous_store_answers_only_the_fits_workers():
+    import datetime
+
+    from sparkorca.learn.rendezvous import store
+    from sparkorca.node.channel import AuthenticationError
+    port = _free_port()
+    timeout = datetime.timedelta(seconds=10)
+    server = store("127.0.0.1", port, 0, b"k" * 32, timeout)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as stranger:
+            # as long as the answer to its challenge (all read: a hang-up, not a reset)
+            stranger.sendall(b"GET / HTTP/1.0\r\n\r\n".ljust(64, b"x"))
+            stranger.settimeout(15)
+            heard = b""
+            while chunk := stranger.recv(100):
+                heard += chunk
+            assert len(heard) == 32  # the server's challenge nonce, and not a byte more
+        with pytest.raises(AuthenticationError):
+            store("127.0.0.1", port, 1, b"wrong" * 8, timeout)
+        client = store("127.0.0.1", port, 1, b"k" * 32, timeout)
+        try:
+            client.set("a", b"\x00\xff")
+            server.set("b", "text")
+            assert server.get("a") == b"\x00\xff" and client.get("b") == b"text"
+            assert client.add("n", 2) == 2 and server.add("n", 3) == 5
+            client.wait(["a", "b"])
+            assert client.check(["a", "n"]) and not client.check(["zzz"])
+            assert client.compare_set("c", b"", b"1") == b"1"
+            assert client.compare_set("c", b"0", b"2") == b"1"  # expected differs: kept
+            assert client.num_keys() == 4 and client.delete_key("c")
+            client.set_timeout(datetime.timedelta(seconds=0.5))
+            with pytest.raises(Exception, match="timed out .* rendezvous keys"):
+                client.get("never")
+        finally:
+            client.close()
+    finally:
+        server.close()

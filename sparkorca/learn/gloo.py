@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import socket
 
 GROUP_TIMEOUT = datetime.timedelta(minutes=30)
 
@@ -17,31 +16,30 @@ def _interface_of(ip: str):
                  if any(a.address == ip for a in addrs)), None)
 
 
-def init_process_group() -> None:
+def init_process_group(secret: bytes):
     """The workers' gloo group, from MASTER_ADDR/MASTER_PORT, RANK and WORLD_SIZE
-    (set by the node layer or the Ray backend), bound to the node's address: the
-    rendezvous store on rank 0 listens on MASTER_ADDR (torch's own would listen on
-    every interface), and gloo's pairs on the interface of this node's address
+    (set by the node layer or the Ray backend); returns its rendezvous store, to
+    ``close()`` after the group is destroyed. The store is rank 0's, on MASTER_ADDR,
+    behind the fit's ``secret`` (learn.rendezvous; torch's TCPStore answers anyone,
+    on every interface); gloo's pairs bind the interface of this node's address
     (gloo's own pick is the host name's address) unless GLOO_SOCKET_IFNAME says."""
     import torch.distributed as dist
 
     from ..node.host import node_ip
+    from .rendezvous import store
     interface = _interface_of(node_ip())
     if interface and "GLOO_SOCKET_IFNAME" not in os.environ:
         os.environ["GLOO_SOCKET_IFNAME"] = interface
     addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    listen_fd = None
-    if rank == 0:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((addr, port))
-        sock.listen(max(16, world))
-        listen_fd = sock.detach()  # the store's from now on
-    store = dist.TCPStore(addr, port, world, rank == 0, GROUP_TIMEOUT,
-                          master_listen_fd=listen_fd, use_libuv=True)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
-                            timeout=GROUP_TIMEOUT)
+    rendezvous = store(addr, port, rank, secret, GROUP_TIMEOUT)
+    try:
+        dist.init_process_group("gloo", store=rendezvous, rank=rank, world_size=world,
+                                timeout=GROUP_TIMEOUT)
+    except BaseException:
+        rendezvous.close()
+        raise
+    return rendezvous
 
 
 def gather_json(obj) -> list:

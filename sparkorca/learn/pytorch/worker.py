@@ -193,7 +193,7 @@ def train_main(job: TrainJob, ctx) -> Optional[dict]:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
     torch.set_num_threads(max(1, job.threads))
-    init_process_group()
+    rendezvous = init_process_group(job.secret)
     summer = None
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -315,6 +315,7 @@ def train_main(job: TrainJob, ctx) -> Optional[dict]:
         if summer is not None:
             summer.close()
         dist.destroy_process_group()
+        rendezvous.close()
 
 
 def _set_batch(runner, index: int, xs: list, ys: list) -> None:

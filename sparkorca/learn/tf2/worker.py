@@ -402,7 +402,7 @@ def train_main(blob: bytes, ctx) -> Optional[dict]:
     import torch
     import torch.distributed as dist
     torch.set_num_threads(max(1, job.threads))
-    init_process_group()
+    rendezvous = init_process_group(job.secret)
     summer = None
     try:
         summer = PeerSum.connect(job.secret)
@@ -411,6 +411,7 @@ def train_main(blob: bytes, ctx) -> Optional[dict]:
         if summer is not None:
             summer.close()
         dist.destroy_process_group()
+        rendezvous.close()
 
 
 def _train(job: KerasJob, ctx, rank: int, world: int, summer: PeerSum) -> Optional[dict]:
