@@ -3,9 +3,11 @@ and JSON-able values exchanged over it, never pickle."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
+from typing import Iterator
 
 GROUP_TIMEOUT = datetime.timedelta(minutes=30)
 
@@ -40,6 +42,25 @@ def init_process_group(secret: bytes):
         rendezvous.close()
         raise
     return rendezvous
+
+
+@contextlib.contextmanager
+def worker_group(secret: bytes) -> Iterator:
+    """A training worker's group (``init_process_group``) and its gradient exchange
+    (learn.allreduce ``PeerSum``, yielded); all undone after."""
+    import torch.distributed as dist
+
+    from .allreduce import PeerSum
+    rendezvous = init_process_group(secret)
+    summer = None
+    try:
+        summer = PeerSum.connect(secret)
+        yield summer
+    finally:
+        if summer is not None:
+            summer.close()
+        dist.destroy_process_group()
+        rendezvous.close()
 
 
 def gather_json(obj) -> list:

@@ -35,8 +35,8 @@ class WorkerJob:
     threads: int
     evaluate_only: bool = False  # evaluate(data creator): val_creator's data, no training
     callbacks: tuple = ()  # the framework's callbacks, run on the workers
-    # proves a worker to the others in the gradient exchange (learn.allreduce); a
-    # fresh one per job, carried with the job (as the node layer's cluster secret)
+    # proves a worker to the others (learn.rendezvous's store, learn.allreduce's
+    # exchange); a fresh one per job, carried with it (as the node layer's cluster secret)
     secret: bytes = dataclasses.field(default_factory=lambda: os.urandom(32), repr=False)
 
 

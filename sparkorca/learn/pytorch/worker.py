@@ -21,10 +21,10 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence
 import numpy as np
 
 from .. import metrics as metricmod
-from ..allreduce import PeerSum, ddp_hook
+from ..allreduce import ddp_hook
 from ..checkpoints import epoch_checkpoints
 from ..data import Columns, batch_arrays, is_creator
-from ..gloo import gather_json, init_process_group
+from ..gloo import gather_json, worker_group
 from ..partitions import WorkerJob, chunks, feed_batches
 from .callbacks import MainCallback, may_stop_early
 from .runner import Runner
@@ -188,134 +188,129 @@ def _sharded_loader(loader, rank: int, world: int, shuffle: bool):
 
 def train_main(job: TrainJob, ctx) -> Optional[dict]:
     """One worker of ``Estimator.fit``: ``map_fun(args, ctx)`` of a TFCluster node."""
-
     import torch
+    torch.set_num_threads(max(1, job.threads))
+    with worker_group(job.secret) as summer:
+        return _train(job, ctx, summer)
+
+
+def _train(job: TrainJob, ctx, summer) -> Optional[dict]:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
-    torch.set_num_threads(max(1, job.threads))
-    rendezvous = init_process_group(job.secret)
-    summer = None
-    try:
-        rank, world = dist.get_rank(), dist.get_world_size()
-        local_bs = max(1, job.batch_size // world)
-        state = state_from_bytes(job.state) if job.state is not None else None
-        if job.evaluate_only:
-            return _evaluated_on_workers(job, state, rank, world, local_bs)
-        model, optimizer, loss, scheduler = job.creators.build(state, train=True)
-        ddp = DistributedDataParallel(model)
-        summer = PeerSum.connect(job.secret)
-        ddp.register_comm_hook(summer, ddp_hook)  # gradients off gloo: see allreduce.py
-        val_batches: Optional[list] = None
-        if job.has_val and job.cols is not None:
-            val_feed = ctx.get_data_feed(qname_in="val")
-            val_batches = list(feed_batches(val_feed, local_bs, job.cols))
-        train_loader = val_loader = None
-        if job.data_creator is not None:
-            train_loader = _sharded_loader(job.data_creator(job.creators.config, local_bs),
-                                           rank, world, shuffle=True)
-            if job.val_creator is not None:
-                val_loader = _sharded_loader(job.val_creator(job.creators.config, local_bs),
-                                             rank, world, shuffle=False)
-        feed = ctx.get_data_feed() if job.cols is not None else None
-        # the workers' batch counts of an epoch, where every epoch has the same (the
-        # feed replays the same rows): when they are equal, DDP needs no join (its
-        # extra collective every step cost 20% of the bench's step)
-        counts: Optional[list] = None
-        if feed is not None and getattr(feed, "rows", None) is not None:  # the ray backend
-            counts = [-(-r // local_bs) for r in gather_json(feed.rows)]
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_bs = max(1, job.batch_size // world)
+    state = state_from_bytes(job.state) if job.state is not None else None
+    if job.evaluate_only:
+        return _evaluated_on_workers(job, state, rank, world, local_bs)
+    model, optimizer, loss, scheduler = job.creators.build(state, train=True)
+    ddp = DistributedDataParallel(model)
+    ddp.register_comm_hook(summer, ddp_hook)  # gradients off gloo: see allreduce.py
+    val_batches: Optional[list] = None
+    if job.has_val and job.cols is not None:
+        val_feed = ctx.get_data_feed(qname_in="val")
+        val_batches = list(feed_batches(val_feed, local_bs, job.cols))
+    train_loader = val_loader = None
+    if job.data_creator is not None:
+        train_loader = _sharded_loader(job.data_creator(job.creators.config, local_bs),
+                                       rank, world, shuffle=True)
+        if job.val_creator is not None:
+            val_loader = _sharded_loader(job.val_creator(job.creators.config, local_bs),
+                                         rank, world, shuffle=False)
+    feed = ctx.get_data_feed() if job.cols is not None else None
+    # the workers' batch counts of an epoch, where every epoch has the same (the
+    # feed replays the same rows): when they are equal, DDP needs no join (its
+    # extra collective every step cost 20% of the bench's step)
+    counts: Optional[list] = None
+    if feed is not None and getattr(feed, "rows", None) is not None:  # the ray backend
+        counts = [-(-r // local_bs) for r in gather_json(feed.rows)]
 
-        def epoch_batches() -> Iterator[tuple]:
-            if feed is not None and job.cols is not None:
-                return feed_batches(feed, local_bs, job.cols)
-            return _loader_batches(train_loader)
+    def epoch_batches() -> Iterator[tuple]:
+        if feed is not None and job.cols is not None:
+            return feed_batches(feed, local_bs, job.cols)
+        return _loader_batches(train_loader)
 
-        callbacks = list(job.callbacks) or [MainCallback()]
-        early_stop = may_stop_early(callbacks)
-        main = callbacks[0]
-        last_epoch = job.first_epoch + job.epochs - 1
-        runner = Runner(
-            model=model, ddp=ddp, optimizer=optimizer, scheduler=scheduler, criterion=loss,
-            config=job.creators.config, callbacks=callbacks, first_epoch=job.first_epoch,
-            num_epochs=last_epoch, rank=rank, size=world,
-            num_features=len(job.cols.features) if job.cols is not None else -1,
-            state_of=lambda weights_only: state_to_bytes(
-                {"epoch": runner.epochs, "models": [model.state_dict()]} if weights_only
-                else make_state(runner.epochs, model, optimizer, scheduler)))
-        history = []
-        runner.call("before_run")
-        for epoch in range(job.first_epoch, last_epoch + 1):
-            start = time.monotonic()
-            runner.mode = "train"
-            runner.epoch_stats = None
-            model.train()
-            if train_loader is not None and hasattr(train_loader.sampler, "set_epoch"):
-                train_loader.sampler.set_epoch(epoch)
-            runner.call("before_train_epoch")
-            batches = epoch_batches()
-            loss_sum, n, count, last = 0.0, 0, 0, float("nan")
-            even = counts is not None and len(set(counts)) == 1 and not early_stop
-            # workers' batch counts may differ (the feed is not padded), a callback may
-            # end one worker's epoch early: then the others' steps need DDP's join
-            with contextlib.nullcontext() if even else ddp.join():
-                for index, (xs, ys) in enumerate(batches):
-                    _set_batch(runner, index, xs, ys)
-                    runner.call("before_train_iter")
-                    main.on_train_forward(runner)
-                    main.on_iter_backward(runner)
-                    last = float(runner.loss.detach())
-                    loss_sum += last * len(ys[0])
-                    n += len(ys[0])
-                    count += 1
-                    runner.metrics_stats = {"train_loss": last, "num_samples": len(ys[0])}
-                    runner.global_step += 1
-                    runner.call("after_train_iter")
-                    if runner.stop:
-                        break
+    callbacks = list(job.callbacks) or [MainCallback()]
+    early_stop = may_stop_early(callbacks)
+    main = callbacks[0]
+    last_epoch = job.first_epoch + job.epochs - 1
+    runner = Runner(
+        model=model, ddp=ddp, optimizer=optimizer, scheduler=scheduler, criterion=loss,
+        config=job.creators.config, callbacks=callbacks, first_epoch=job.first_epoch,
+        num_epochs=last_epoch, rank=rank, size=world,
+        num_features=len(job.cols.features) if job.cols is not None else -1,
+        state_of=lambda weights_only: state_to_bytes(
+            {"epoch": runner.epochs, "models": [model.state_dict()]} if weights_only
+            else make_state(runner.epochs, model, optimizer, scheduler)))
+    history = []
+    runner.call("before_run")
+    for epoch in range(job.first_epoch, last_epoch + 1):
+        start = time.monotonic()
+        runner.mode = "train"
+        runner.epoch_stats = None
+        model.train()
+        if train_loader is not None and hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        runner.call("before_train_epoch")
+        batches = epoch_batches()
+        loss_sum, n, count, last = 0.0, 0, 0, float("nan")
+        even = counts is not None and len(set(counts)) == 1 and not early_stop
+        # workers' batch counts may differ (the feed is not padded), a callback may
+        # end one worker's epoch early: then the others' steps need DDP's join
+        with contextlib.nullcontext() if even else ddp.join():
+            for index, (xs, ys) in enumerate(batches):
+                _set_batch(runner, index, xs, ys)
+                runner.call("before_train_iter")
+                main.on_train_forward(runner)
+                main.on_iter_backward(runner)
+                last = float(runner.loss.detach())
+                loss_sum += last * len(ys[0])
+                n += len(ys[0])
+                count += 1
+                runner.metrics_stats = {"train_loss": last, "num_samples": len(ys[0])}
+                runner.global_step += 1
+                runner.call("after_train_iter")
+                if runner.stop:
+                    break
+        if feed is not None:
+            for _ in batches:  # a stopped epoch's rest: the feed's epoch must be taken
+                pass
+        main.on_lr_adjust(runner)
+        parts = gather_json({"loss_sum": loss_sum, "n": n, "count": count, "last": last})
+        total = sum(p["n"] for p in parts)
+        if feed is not None:
+            counts = [p["count"] for p in parts]
+        stats = {"epoch": epoch, "num_samples": total,
+                 "batch_count": float(np.mean([p["count"] for p in parts])),
+                 "train_loss": sum(p["loss_sum"] for p in parts) / total if total
+                 else float("nan"),
+                 "last_train_loss": float(np.nanmean([p["last"] for p in parts]))
+                 if any(p["count"] for p in parts) else float("nan")}
+        if val_batches is not None or val_loader is not None:
+            stats.update(_validated(runner, main, job, val_batches, val_loader))
+        seconds = time.monotonic() - start
+        stats["seconds"] = seconds
+        stats["samples_per_sec"] = total / seconds if seconds else 0.0
+        history.append(stats)
+        runner.epochs = epoch
+        runner.epoch_stats = stats
+        runner.call("after_train_epoch")
+        stop = any(gather_json(bool(runner.stop)))  # every worker ends after this epoch
+        if rank == 0:
+            if job.model_dir:
+                epoch_checkpoints(job.model_dir, epoch, state_to_bytes(
+                    make_state(epoch, model, optimizer, scheduler)))
+            ctx.report({"stats": stats, "last": epoch == last_epoch or stop})
+        if stop:
             if feed is not None:
-                for _ in batches:  # a stopped epoch's rest: the feed's epoch must be taken
-                    pass
-            main.on_lr_adjust(runner)
-            parts = gather_json({"loss_sum": loss_sum, "n": n, "count": count, "last": last})
-            total = sum(p["n"] for p in parts)
-            if feed is not None:
-                counts = [p["count"] for p in parts]
-            stats = {"epoch": epoch, "num_samples": total,
-                     "batch_count": float(np.mean([p["count"] for p in parts])),
-                     "train_loss": sum(p["loss_sum"] for p in parts) / total if total
-                     else float("nan"),
-                     "last_train_loss": float(np.nanmean([p["last"] for p in parts]))
-                     if any(p["count"] for p in parts) else float("nan")}
-            if val_batches is not None or val_loader is not None:
-                stats.update(_validated(runner, main, job, val_batches, val_loader))
-            seconds = time.monotonic() - start
-            stats["seconds"] = seconds
-            stats["samples_per_sec"] = total / seconds if seconds else 0.0
-            history.append(stats)
-            runner.epochs = epoch
-            runner.epoch_stats = stats
-            runner.call("after_train_epoch")
-            stop = any(gather_json(bool(runner.stop)))  # every worker ends after this epoch
-            if rank == 0:
-                if job.model_dir:
-                    epoch_checkpoints(job.model_dir, epoch, state_to_bytes(
-                        make_state(epoch, model, optimizer, scheduler)))
-                ctx.report({"stats": stats, "last": epoch == last_epoch or stop})
-            if stop:
-                if feed is not None:
-                    for _ in range(last_epoch - epoch):  # the feed's remaining epochs
-                        for _ in epoch_batches():
-                            pass
-                break
-        runner.call("after_run")
-        if rank != 0:
-            return None
-        blob = state_to_bytes(make_state(runner.epochs, model, optimizer, scheduler))
-        return {"state": base64.b64encode(blob).decode(), "history": history}
-    finally:
-        if summer is not None:
-            summer.close()
-        dist.destroy_process_group()
-        rendezvous.close()
+                for _ in range(last_epoch - epoch):  # the feed's remaining epochs
+                    for _ in epoch_batches():
+                        pass
+            break
+    runner.call("after_run")
+    if rank != 0:
+        return None
+    blob = state_to_bytes(make_state(runner.epochs, model, optimizer, scheduler))
+    return {"state": base64.b64encode(blob).decode(), "history": history}
 
 
 def _set_batch(runner, index: int, xs: list, ys: list) -> None:

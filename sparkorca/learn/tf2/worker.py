@@ -32,7 +32,7 @@ import numpy as np
 from ..allreduce import PeerSum
 from ..checkpoints import epoch_checkpoints
 from ..data import Columns, batch_arrays
-from ..gloo import gather_json, init_process_group
+from ..gloo import gather_json, worker_group
 from ..partitions import WorkerJob, chunks, feed_batches
 
 SAVED_SUFFIXES = (".keras", ".h5")
@@ -402,16 +402,8 @@ def train_main(blob: bytes, ctx) -> Optional[dict]:
     import torch
     import torch.distributed as dist
     torch.set_num_threads(max(1, job.threads))
-    rendezvous = init_process_group(job.secret)
-    summer = None
-    try:
-        summer = PeerSum.connect(job.secret)
+    with worker_group(job.secret) as summer:
         return _train(job, ctx, dist.get_rank(), dist.get_world_size(), summer)
-    finally:
-        if summer is not None:
-            summer.close()
-        dist.destroy_process_group()
-        rendezvous.close()
 
 
 def _train(job: KerasJob, ctx, rank: int, world: int, summer: PeerSum) -> Optional[dict]:
