@@ -233,6 +233,18 @@ def _start_ray_on(running: _Running) -> None:
         running.ray._started(backend)
     else:
         running.ray = OrcaRayContext(backend)
+    _start_data_holders(running.ray)
+
+
+def _start_data_holders(ray_context) -> None:
+    """Ray on Spark's data holders start with it, not waited for: a Spark -> Ray
+    transfer would otherwise wait for a process start on every executor's node,
+    whose raylet keeps no idle workers (see sparkorca.data.to_ray). On a local
+    master the one node keeps the idle workers Ray starts for the driver, and the
+    first transfer's holder takes one; a Ray of runtime="ray" has no Spark tasks."""
+    if ray_context.runtime == "spark" and not ray_context.is_local:
+        from .data.to_ray import node_holders
+        node_holders(ray_context)
 
 
 def _start(spec: ContextSpec, flag_values: FlagValues, stack: contextlib.ExitStack) -> _Running:
@@ -346,6 +358,7 @@ def _start_owned(spec: ContextSpec, flag_values: FlagValues, stack: contextlib.E
         stack.callback(ray_cluster.stop_raylets, wait=False)
         ray_cluster.attach(sc)
         running.ray = OrcaRayContext(ray_cluster)
+        _start_data_holders(running.ray)
     return running
 
 

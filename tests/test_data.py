@@ -1,16 +1,20 @@
 """sparkorca.data on real Spark (and Ray for the hand-off), with files the tests write."""
 
+import gc
 import json
 import os
+import re
 import sys
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 from conftest import QUIET, shared_context
 from pyspark import cloudpickle
 
 from sparkorca import OrcaContext, data, init_orca_context
+from sparkorca._wait import wait_for
 from sparkorca.errors import (
     InvalidArgumentError,
     MissingPathError,
@@ -84,13 +88,39 @@ def test_to_ray_dataset_moves_partitions_on_the_executors_and_keeps_them(files):
     head = ray.get_runtime_context().get_node_id()
     where = ray.experimental.get_object_locations(refs)
     assert all(loc["node_ids"] and head not in loc["node_ids"] for loc in where.values())
+    # One holder per executor's node, started with Ray and serving every transfer;
+    # the driver's head, with no executor, has none. The tasks joined Ray as drivers
+    # (one per Python worker, no reuse): their raylets started no idle workers for them.
+    holders = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+               if a["name"].startswith("sparkorca-holder-")}
+    assert len(holders) == 2 and not any(head in h for h in holders), holders
+    idle = [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
+            if (p.info["cmdline"] or [""])[0] == "ray::IDLE"]
+    assert not idle, idle
     got = sorted_frame(ds.to_pandas())
     # Ray hands columns back with pyarrow dtypes
     pd.testing.assert_frame_equal(got.astype({"id": "int64", "name": object, "score": "float64"}),
                                   frame(0, 30000))
     from pyspark.sql import SparkSession
     spark_df = SparkSession.builder.getOrCreate().range(0, 1000, numPartitions=2)
-    assert sorted(data.spark_df_to_ray_dataset(spark_df).to_pandas()["id"]) == list(range(1000))
+    again = data.spark_df_to_ray_dataset(spark_df)
+    assert sorted(again.to_pandas()["id"]) == list(range(1000))
+    assert {n["name"] for n in ray.util.list_named_actors(all_namespaces=True)
+            if n["name"].startswith("sparkorca-holder-")} == holders  # the same two
+    # The holders keep no refs: a Dataset's blocks go with the driver's last reference
+    # to them, as the driver's own puts would; the other Dataset's stay.
+    held = plasma_objects()
+    del again
+    gc.collect()
+    wait_for(lambda: plasma_objects() < held, 30, "the blocks of a dropped Dataset to be freed")
+    assert list(sorted_frame(ds.to_pandas())["id"]) == list(range(30000))
+
+
+def plasma_objects() -> int:
+    """Objects in the Ray cluster's object stores, as its raylets count them."""
+    from ray._private.internal_api import memory_summary
+    summary = memory_summary(stats_only=True)
+    return int(re.search(r"Plasma memory usage \d+ MiB, (\d+) objects", summary).group(1))
 
 
 def test_both_backends_read_the_same_rows_and_columns(sc, files):

@@ -30,8 +30,9 @@ TFOS_ATTRIBUTES = ["executor_id", "worker_num", "job_name", "task_index", "clust
                    "start_cluster_server"]
 
 
-# First: no Spark here, and a test without the shared context would stop it.
-def test_compat_export_saved_model_serves_and_a_non_chief_leaves_nothing(tmp_path,
+# No Spark here; it takes the shared context only so as not to stop the one the
+# TensorFlow modules before it kept up (its Python workers have TensorFlow imported).
+def test_compat_export_saved_model_serves_and_a_non_chief_leaves_nothing(shared_sc, tmp_path,
                                                                          monkeypatch):
     import tensorflow as tf
     model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2)])

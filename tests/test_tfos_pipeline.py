@@ -47,17 +47,17 @@ def example_module():
 
 
 @pytest.fixture(scope="module")
-def example(tmp_path_factory):
+def example(shared_sc, tmp_path_factory):
     """The module's one TensorFlow fit: the example program, run as TFoS programs run
-    (spark-submit; local[2] keeps it cheap), leaves its Keras SavedModel behind."""
+    (spark-submit; local[2] keeps it cheap), leaves its Keras SavedModel behind. The
+    shared context the modules before kept up stays up meanwhile (idle)."""
     tmp = tmp_path_factory.mktemp("example")
     out = spark_submit_example("tfos_mnist_pipeline.py", tmp, "local[2]", "--cluster_size", 2,
                                "--export_dir", tmp / "export")
     return out, str(tmp / "export")
 
 
-# First: the example runs before the module's shared context starts.
-def test_the_example_program_fits_and_transforms_under_spark_submit(example):
+def test_the_example_program_fits_and_transforms_under_spark_submit(shared_sc, example):
     out, export = example
     assert out.returncode == 0, out.stderr[-4000:]
     assert "predictions: 1797 for 1797 rows" in out.stdout, out.stdout[-2000:]

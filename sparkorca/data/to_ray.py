@@ -1,13 +1,19 @@
 """Shards / Spark DataFrame -> Ray Dataset without the driver.
 
 Each Spark task joins the Ray node of its own executor (RayOnSpark), turns its
-partition into one Arrow table and hands it to the *holder* actor on that node,
-which puts it again so that the holder, not the task, owns the object (Ray 2.56
+partition into Arrow tables and hands them to the *holder* actor on that node,
+which puts them again so that the holder, not the task, owns them (Ray 2.56
 removed ``ray.put(_owner=)``): the data lives on after the task and its Python
 worker are gone, and it moves only within the node's shared memory. The driver
 only gathers the object refs, in partition order, and builds the Dataset from
-them: no row passes through it. The holders
-(0 CPU, one per Ray node, named per transfer) live until the context stops.
+them: no row passes through it.
+
+The holders (0 CPU, one per executor's Ray node) start with Ray on Spark and serve
+every transfer until Ray stops: a holder is a process start (about a CPU-second
+here), which a transfer would otherwise pay on every node while Spark needs the
+CPUs. A holder hands a transfer's refs over to the driver and keeps none itself:
+Ray frees the blocks once the Dataset (and whatever the driver made of it) is
+gone, as it would a driver's own puts.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import importlib
 import logging
 import secrets
 import threading
-from typing import Any, List, Optional
+from typing import Any, List
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +34,8 @@ def _holder_class():
 
     @ray.remote(num_cpus=0)
     class Holder:
-        """Owns the partitions put on its node; hands their refs to the driver."""
+        """Owns the blocks Spark tasks put on its node; hands their refs to the driver.
+        Keys: (transfer tag, partition, attempt, block)."""
 
         def __init__(self):
             self.refs = {}
@@ -40,28 +47,47 @@ def _holder_class():
             self.refs[tuple(key)] = ([ray.put(table)], table.num_rows, table.nbytes,
                                      table.schema.serialize().to_pybytes())
 
-        def collected(self) -> list:
-            return list(self.refs.items())  # the ref nested in a list: a ref, not its value
+        def hand_over(self, tag: str, succeeded: list) -> list:
+            """The transfer's blocks from the attempts that succeeded, each ref nested
+            in a list (a ref, not its value): the caller borrows them, and they live
+            as long as its references do. None stay here; a failed attempt's go."""
+            keep = {tuple(s) for s in succeeded}
+            mine = [k for k in self.refs if k[0] == tag]
+            return [(key, block) for key, block in ((k, self.refs.pop(k)) for k in mine)
+                    if key[1:3] in keep]
 
     return Holder
 
 
-def start_holders(tag: str) -> List[Any]:
-    """One holder on every alive Ray node that has a Spark executor."""
-    import ray
+def executor_nodes(nodes: List[dict]) -> List[dict]:
+    """The alive nodes that have a Spark executor; all alive ones where no node
+    says (a Ray cluster sparkorca did not start)."""
+    alive = [n for n in nodes if n["alive"]]
+    with_executor = [n for n in alive if n.get("executor_id")]
+    return with_executor or alive
+
+
+def holder_name(node_id: str) -> str:
+    return f"{HOLDER_PREFIX}-{node_id}"
+
+
+def node_holders(ray_context) -> List[Any]:
+    """The holder of every alive executor's Ray node (``ray_context``'s), started for
+    a node the first time it is asked for; they end when Ray stops. A head without
+    an executor (the driver's, on a cluster) gets none: it would never be used.
+
+    Not waited for: a named actor is found as soon as it is registered, and the
+    tasks' first calls queue until it runs."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-    holder = _holder_class()
-    handles = []
-    for node in ray.nodes():
-        if not node["Alive"]:
-            continue
-        handles.append(holder.options(
-            name=f"{HOLDER_PREFIX}-{tag}-{node['NodeID']}",
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-        ).remote())
-    # Not waited for: a named actor is found as soon as it is registered, and the
-    # tasks' first calls queue until it runs, so the holders start during the job.
-    return handles
+    holders = ray_context.holders
+    nodes = executor_nodes(ray_context.nodes())
+    for node in nodes:
+        if node["node_id"] not in holders:
+            holders[node["node_id"]] = _holder_class().options(
+                name=holder_name(node["node_id"]),
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["node_id"], soft=False),
+            ).remote()
+    return [holders[n["node_id"]] for n in nodes]
 
 
 def _find_holder(name: str, namespace: str):
@@ -99,10 +125,10 @@ def _put_partition(tag: str, namespace: str, index: int, batches):
     with ThreadPoolExecutor(1, thread_name_prefix="sparkorca-join") as pool:
         # A fresh Python worker joins Ray (import, connect) while Spark produces the
         # first block, rather than before it asks for any
-        holder = pool.submit(_local_holder, tag, namespace)
+        holder = pool.submit(_local_holder, namespace)
 
         def send():
-            pending.append(holder.result().store.remote((index, attempt, len(pending)),
+            pending.append(holder.result().store.remote((tag, index, attempt, len(pending)),
                                                         pa.Table.from_batches(block)))
         for batch in batches:
             if batch.num_rows == 0:
@@ -118,43 +144,39 @@ def _put_partition(tag: str, namespace: str, index: int, batches):
     return [(index, attempt)]
 
 
-def _local_holder(tag: str, namespace: str):
+def _local_holder(namespace: str):
     """Join Ray through this executor's raylet; the holder on its node."""
     import ray
 
     from ..ray import connect
     connect()
-    return _find_holder(f"{HOLDER_PREFIX}-{tag}-{ray.get_runtime_context().get_node_id()}",
-                        namespace)
+    return _find_holder(holder_name(ray.get_runtime_context().get_node_id()), namespace)
 
 
-def _to_ray(run_puts, holders_out: Optional[list] = None):
-    """Start the holders, let ``run_puts(tag, namespace)`` run the Spark job whose
-    tasks put their partitions (it returns each successful task's (partition,
-    attempt)), and build the Dataset from those tasks' blocks.
-
-    The holders live until the context stops, or, when ``holders_out`` is given,
-    go there for the caller to end (with them the Dataset's data)."""
+def _to_ray(run_puts):
+    """Let ``run_puts(tag, namespace)`` run the Spark job whose tasks put their
+    partitions on the nodes' holders (it returns each successful task's (partition,
+    attempt)), and build the Dataset from those tasks' blocks."""
     import ray
 
     from ..context import OrcaContext
     ray_context = OrcaContext.get_ray_context()  # Ray on Spark, started on demand
     tag = secrets.token_hex(4)
     namespace = ray.get_runtime_context().namespace
-    holders = start_holders(tag)
-    if holders_out is None:
-        ray_context.keep_alive(holders)
-    else:
-        holders_out.extend(holders)
+    holders = node_holders(ray_context)
     # the driver idles during the job: Ray Data's first import (~0.2 s) happens then
     importing = threading.Thread(target=importlib.import_module, args=("ray.data",),
                                  name="sparkorca-import", daemon=True)
     importing.start()
-    succeeded = {tuple(done) for done in run_puts(tag, namespace)}  # (partition, attempt)
+    try:
+        succeeded = [tuple(done) for done in run_puts(tag, namespace)]  # (partition, attempt)
+    except BaseException:
+        for holder in holders:  # what the failed job's tasks put goes
+            holder.hand_over.remote(tag, [])
+        raise
+    handed = ray.get([h.hand_over.remote(tag, succeeded) for h in holders])
     importing.join()
-    blocks = {}
-    for collected in ray.get([h.collected.remote() for h in holders]):
-        blocks.update({tuple(k): v for k, v in collected if tuple(k[:2]) in succeeded})
+    blocks = {tuple(k): v for blocks_of_node in handed for k, v in blocks_of_node}
     return dataset_of([blocks[k] for k in sorted(blocks)])
 
 
@@ -196,13 +218,13 @@ def shards_to_ray_dataset(shards):
     return arrow_rdd_to_ray_dataset(shards.to_arrow_rdd())
 
 
-def arrow_rdd_to_ray_dataset(arrow_rdd, holders_out: Optional[list] = None):
+def arrow_rdd_to_ray_dataset(arrow_rdd):
     """A Ray Dataset of an RDD of Arrow record batches, in partition order."""
     return _to_ray(lambda tag, namespace: arrow_rdd.mapPartitionsWithIndex(
-        lambda i, it: _put_partition(tag, namespace, i, it)).collect(), holders_out)
+        lambda i, it: _put_partition(tag, namespace, i, it)).collect())
 
 
-def spark_df_to_ray_dataset(df, holders_out: Optional[list] = None):
+def spark_df_to_ray_dataset(df):
     """A Ray Dataset of a Spark DataFrame, its blocks in partition order: Spark hands
     each partition to Python as Arrow (mapInArrow) and the puts happen right there."""
     def run(tag, namespace):
@@ -214,4 +236,4 @@ def spark_df_to_ray_dataset(df, holders_out: Optional[list] = None):
             yield pa.RecordBatch.from_pydict({"p": [p for p, _ in done],
                                               "a": [a for _, a in done]})
         return [(r.p, r.a) for r in df.mapInArrow(put, "p long, a long").collect()]
-    return _to_ray(run, holders_out)
+    return _to_ray(run)

@@ -70,17 +70,17 @@ def plan(workers_per_node: int) -> Plan:
 
 
 # -- data ----------------------------------------------------------------------------
-def dataset_of(data: Any, cols: Columns, holders: list):
-    """``data``'s needed columns as a materialized Ray Dataset. A DataFrame's or
-    Shards' data is owned by actors added to ``holders``: ending them frees it."""
+def dataset_of(data: Any, cols: Columns):
+    """``data``'s needed columns as a materialized Ray Dataset; a DataFrame's or
+    Shards' blocks live as long as the Dataset's refs (the workers' shares)."""
     names = list(cols.features + cols.labels)
     if is_ray_dataset(data):
         return data.select_columns(names).materialize()
     from ..data.to_ray import arrow_rdd_to_ray_dataset, spark_df_to_ray_dataset
     fed = feedable(data, cols)
     if isinstance(fed, ArrowInput):  # (hasattr would be true of any Connect DataFrame)
-        return arrow_rdd_to_ray_dataset(fed.to_arrow_rdd(), holders)
-    return spark_df_to_ray_dataset(fed, holders)
+        return arrow_rdd_to_ray_dataset(fed.to_arrow_rdd())
+    return spark_df_to_ray_dataset(fed)
 
 
 def shares(ds, n: int) -> List[dict]:
@@ -224,12 +224,12 @@ def run_workers(plan_: Plan, main: Callable, job: Any, cols: Optional[Columns], 
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     n = plan_.num_workers
     per_worker: List[Dict[str, dict]] = [{} for _ in range(n)]
-    actors: list = []  # the data's holders, the progress queue, the workers: all end here
+    actors: list = []  # the progress queue and the workers: all end here
     try:
         if cols is not None:
             for name, source in (("input", data), ("val", validation_data)):
                 if source is not None:
-                    for i, share in enumerate(shares(dataset_of(source, cols, actors), n)):
+                    for i, share in enumerate(shares(dataset_of(source, cols), n)):
                         per_worker[i][name] = share
         blob = ray.put(ByValue(functools.partial(main, job)))  # once, not per worker
         progress = Queue(actor_options={"num_cpus": 0})

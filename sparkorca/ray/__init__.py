@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, List
+from typing import TYPE_CHECKING, Dict, List
 
 from ..errors import InvalidArgumentError, NoContextError
 
@@ -33,7 +33,9 @@ class OrcaRayContext:
     def __init__(self, backend) -> None:
         self._backend = backend
         self._stopped = False
-        self._kept: List[ActorHandle] = []  # actor handles that must live as long as Ray
+        # the Spark -> Ray hand-off's holders by node id (sparkorca.data.to_ray): they
+        # own the data Spark tasks put, and live as long as Ray
+        self.holders: Dict[str, ActorHandle] = {}
 
     @classmethod
     def get(cls, initialize: bool = True) -> "OrcaRayContext":
@@ -73,20 +75,16 @@ class OrcaRayContext:
     def _ended(self) -> None:
         """Its context stopped (and Ray with it)."""
         self._stopped = True
-        self._kept.clear()
+        self.holders.clear()
 
-    def _release_kept(self) -> None:
+    def _end_holders(self) -> None:
         import ray
-        for handle in self._kept:  # before the nodes go, so no worker dies "unexpectedly"
-            try:
+        for handle in self.holders.values():  # before the nodes go, so no worker dies
+            try:                                # "unexpectedly"
                 ray.kill(handle)
             except Exception:  # already gone with its node
                 pass
-        self._kept.clear()
-
-    def keep_alive(self, handles) -> None:
-        """Hold actor handles (e.g. the owners of data put by Spark tasks) until stop."""
-        self._kept.extend(handles)
+        self.holders.clear()
 
     @property
     def address_info(self) -> dict:
@@ -154,7 +152,7 @@ class OrcaRayContext:
         """Stop Ray only; Spark keeps running. stop_orca_context() also does this."""
         if not self._stopped:
             self._stopped = True
-            self._release_kept()
+            self._end_holders()
             self._backend.stop()
 
 

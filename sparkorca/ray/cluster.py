@@ -139,17 +139,23 @@ class RayOnSpark:
                   "min_worker_port": 0, "max_worker_port": 0}
         return {**common, **options, **self.spec.extra_params}
 
-    def _config(self, **fields) -> RayNodeConfig:
+    def _config(self, env: Optional[dict] = None, **fields) -> RayNodeConfig:
         return RayNodeConfig(cluster_id=self.cluster_id, secret=self._secret.hex(),
                              hub_host=self._hub.address[0], hub_port=self._hub.address[1],
-                             env=self.env, **fields)
+                             env=env or self.env, **fields)
 
     def raylet_config(self) -> RayNodeConfig:
         """The raylets' config before a Spark task places it on its executor."""
         options = self._options(address=self.gcs_address, num_cpus=self.plan.node_cpus,
                                 object_store_memory=self.plan.node_object_store,
                                 node_name=self.node_prefix)
-        return self._config(options=options, ready_timeout=max(10.0, START_TIMEOUT - 15),
+        # Ray starts an idle worker per CPU when the first driver joins a raylet, for
+        # that driver's tasks. On an executor's raylet the first driver is a Spark
+        # task (to_ray, connect() in a UDF) that runs no Ray tasks: the workers would
+        # only take CPU from Spark while it runs. Tasks still get workers on demand.
+        env = {**self.env, "RAY_prestart_worker_first_driver": "0"}
+        return self._config(env=env, options=options,
+                            ready_timeout=max(10.0, START_TIMEOUT - 15),
                             advertise=self._over_connect)
 
     # -- head -------------------------------------------------------------
