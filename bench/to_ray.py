@@ -31,6 +31,9 @@ COMMON = """
     def peak_mb(pid):
         with open(f"/proc/{{pid}}/status") as f:
             return next(int(x.split()[1]) for x in f if x.startswith("VmHWM:")) / 1024
+    def driver_jvm():
+        import psutil
+        return [p.pid for p in psutil.Process().children() if p.name() == "java"][0]
     def executors_up(spark):
         # every timer starts with both executors registered, as sparkorca's does (Ray
         # on Spark waits for them): an executor's start is not part of the export
@@ -58,9 +61,8 @@ DRIVER_SIDE = """
         ds = ray.data.from_arrow(df.toArrow())
     n = ds.count()
     seconds = time.monotonic() - t0
-    jvm = spark.sparkContext._gateway.proc.pid
     result = {{"rows": n, "seconds": seconds, "driver_mb": peak_mb(os.getpid()),
-              "jvm_mb": peak_mb(jvm)}}
+              "jvm_mb": peak_mb(driver_jvm())}}
     ray.shutdown()
     spark.stop()
     print("RESULT " + json.dumps(result))
@@ -68,28 +70,7 @@ DRIVER_SIDE = """
 
 FLOOR = """
     from pyspark.sql import SparkSession
-    spark = (SparkSession.builder.master("local-cluster[2,1,2048]")
-             .config("spark.ui.enabled", "false").getOrCreate())
-    df = make_frame(spark)
-    def count(batches):
-        import pyarrow as pa
-        yield pa.RecordBatch.from_pydict({{"n": [sum(b.num_rows for b in batches)]}})
-    executors_up(spark)
-    t0 = time.monotonic()
-    n = sum(r.n for r in df.mapInArrow(count, "n long").collect())
-    seconds = time.monotonic() - t0
-    jvm = spark.sparkContext._gateway.proc.pid
-    result = {{"rows": n, "seconds": seconds, "driver_mb": peak_mb(os.getpid()),
-              "jvm_mb": peak_mb(jvm)}}
-    spark.stop()
-    print("RESULT " + json.dumps(result))
-"""
-
-FLOOR_ORCA = """
-    from sparkorca import init_orca_context, stop_orca_context
-    from pyspark.sql import SparkSession
-    init_orca_context(cluster_mode="local-cluster", num_nodes=2, cores=1, memory="2g",
-                      conf={{"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"}})
+    {start}
     spark = SparkSession.builder.getOrCreate()
     df = make_frame(spark)
     def count(batches):
@@ -99,13 +80,20 @@ FLOOR_ORCA = """
     t0 = time.monotonic()
     n = sum(r.n for r in df.mapInArrow(count, "n long").collect())
     seconds = time.monotonic() - t0
-    import psutil
-    jvm = [p.pid for p in psutil.Process().children() if p.name() == "java"][0]
     result = {{"rows": n, "seconds": seconds, "driver_mb": peak_mb(os.getpid()),
-              "jvm_mb": peak_mb(jvm)}}
-    stop_orca_context()
+              "jvm_mb": peak_mb(driver_jvm())}}
+    {stop}
     print("RESULT " + json.dumps(result))
 """
+# the floor on a plain SparkSession, and on the Spark sparkorca's context sets up
+PLAIN_SPARK = {"start": 'SparkSession.builder.master("local-cluster[2,1,2048]")'
+                        '.config("spark.ui.enabled", "false").getOrCreate()',
+               "stop": "spark.stop()"}
+ORCA_SPARK = {"start": "from sparkorca import init_orca_context, stop_orca_context; "
+                       'init_orca_context(cluster_mode="local-cluster", num_nodes=2, cores=1, '
+                       'memory="2g", conf={"spark.ui.enabled": "false", '
+                       '"spark.ui.showConsoleProgress": "false"})',
+              "stop": "stop_orca_context()"}
 
 SPARKORCA = """
     from sparkorca import init_orca_context, stop_orca_context
@@ -120,10 +108,8 @@ SPARKORCA = """
     ds = spark_df_to_ray_dataset(df)
     n = ds.count()
     seconds = time.monotonic() - t0
-    import psutil
-    jvm = [p.pid for p in psutil.Process().children() if p.name() == "java"][0]
     result = {{"rows": n, "seconds": seconds, "driver_mb": peak_mb(os.getpid()),
-              "jvm_mb": peak_mb(jvm)}}
+              "jvm_mb": peak_mb(driver_jvm())}}
     stop_orca_context()
     print("RESULT " + json.dumps(result))
 """
@@ -144,8 +130,8 @@ def main():
         "from_pandas(df.toPandas())": (DRIVER_SIDE, {"how": "pandas"}),
         "from_arrow(df.toArrow())": (DRIVER_SIDE, {"how": "arrow"}),
         "sparkorca (executors -> Ray)": (SPARKORCA, {}),
-        "floor: Spark export, no Ray": (FLOOR, {}),
-        "floor under sparkorca's Spark": (FLOOR_ORCA, {}),
+        "floor: Spark export, no Ray": (FLOOR, PLAIN_SPARK),
+        "floor under sparkorca's Spark": (FLOOR, ORCA_SPARK),
     }
     runs: dict = {name: [] for name in contenders}
     for _ in range(args.repeat):

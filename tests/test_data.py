@@ -3,7 +3,6 @@
 import gc
 import json
 import os
-import re
 import sys
 
 import numpy as np
@@ -94,33 +93,52 @@ def test_to_ray_dataset_moves_partitions_on_the_executors_and_keeps_them(files):
     holders = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                if a["name"].startswith("sparkorca-holder-")}
     assert len(holders) == 2 and not any(head in h for h in holders), holders
-    idle = [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
-            if (p.info["cmdline"] or [""])[0] == "ray::IDLE"]
-    assert not idle, idle
+    assert not idle_workers(OrcaContext.get_ray_context()._backend.cluster_id)
     got = sorted_frame(ds.to_pandas())
     # Ray hands columns back with pyarrow dtypes
     pd.testing.assert_frame_equal(got.astype({"id": "int64", "name": object, "score": "float64"}),
                                   frame(0, 30000))
     from pyspark.sql import SparkSession
-    spark_df = SparkSession.builder.getOrCreate().range(0, 1000, numPartitions=2)
-    again = data.spark_df_to_ray_dataset(spark_df)
-    assert sorted(again.to_pandas()["id"]) == list(range(1000))
+    spark = SparkSession.builder.getOrCreate()
+    spark_df = spark.range(0, 1000, numPartitions=2)
+    assert sorted(data.spark_df_to_ray_dataset(spark_df).to_pandas()["id"]) == list(range(1000))
     assert {n["name"] for n in ray.util.list_named_actors(all_namespaces=True)
             if n["name"].startswith("sparkorca-holder-")} == holders  # the same two
     # The holders keep no refs: a Dataset's blocks go with the driver's last reference
-    # to them, as the driver's own puts would; the other Dataset's stay.
-    held = plasma_objects()
+    # to them, as the driver's own puts would; the other Dataset's stay. (32 MB, not
+    # read before it is dropped: no other object of that size comes or goes.)
+    big = spark.range(0, 2_000_000, numPartitions=2).selectExpr("id", "id * 0.5 AS x")
+    again = data.spark_df_to_ray_dataset(big)
+    size, held = again.size_bytes(), primary_bytes()
+    assert again.count() == 2_000_000 and size >= 32_000_000 and held >= size
     del again
     gc.collect()
-    wait_for(lambda: plasma_objects() < held, 30, "the blocks of a dropped Dataset to be freed")
+    wait_for(lambda: primary_bytes() <= held - size, 30,
+             "the blocks of a dropped Dataset to be freed")
     assert list(sorted_frame(ds.to_pandas())["id"]) == list(range(30000))
 
 
-def plasma_objects() -> int:
-    """Objects in the Ray cluster's object stores, as its raylets count them."""
-    from ray._private.internal_api import memory_summary
-    summary = memory_summary(stats_only=True)
-    return int(re.search(r"Plasma memory usage \d+ MiB, (\d+) objects", summary).group(1))
+def primary_bytes() -> int:
+    """Bytes of primary copies in the Ray cluster's object stores, as its raylets
+    count them (asked through the driver's own connection to the cluster)."""
+    import ray
+    from ray._private.internal_api import get_memory_info_reply
+    return get_memory_info_reply(ray._private.state.state).store_stats \
+        .object_store_bytes_primary_copy
+
+
+def idle_workers(cluster_id: str) -> list:
+    """Ray's idle worker processes under this cluster's raylets."""
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if (p.info["cmdline"] or [""])[0] != "ray::IDLE":
+            continue
+        try:
+            if cluster_id in " ".join(p.parent().cmdline()):
+                found.append(p.info["pid"])
+        except (psutil.Error, AttributeError):  # gone, or no parent
+            pass
+    return found
 
 
 def test_both_backends_read_the_same_rows_and_columns(sc, files):

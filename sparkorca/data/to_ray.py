@@ -22,7 +22,7 @@ import importlib
 import logging
 import secrets
 import threading
-from typing import Any, List
+from typing import Any, Dict, List, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,11 @@ def _holder_class():
 
         def __init__(self):
             self.refs = {}
+            self.ended = set()  # the tags of transfers handed over (or failed)
 
         def store(self, key: tuple, table) -> None:
+            if key[0] in self.ended:  # an attempt Spark gave up on, still running
+                return
             # The table came as an argument, in the store but owned by the Spark
             # task's process; this put makes the holder its owner. Its size and
             # schema go with the ref, so the driver need not ask the block.
@@ -50,7 +53,9 @@ def _holder_class():
         def hand_over(self, tag: str, succeeded: list) -> list:
             """The transfer's blocks from the attempts that succeeded, each ref nested
             in a list (a ref, not its value): the caller borrows them, and they live
-            as long as its references do. None stay here; a failed attempt's go."""
+            as long as its references do. None stay here; a failed attempt's go, and
+            so does whatever a straggling attempt stores later."""
+            self.ended.add(tag)
             keep = {tuple(s) for s in succeeded}
             mine = [k for k in self.refs if k[0] == tag]
             return [(key, block) for key, block in ((k, self.refs.pop(k)) for k in mine)
@@ -71,23 +76,36 @@ def holder_name(node_id: str) -> str:
     return f"{HOLDER_PREFIX}-{node_id}"
 
 
-def node_holders(ray_context) -> List[Any]:
-    """The holder of every alive executor's Ray node (``ray_context``'s), started for
-    a node the first time it is asked for; they end when Ray stops. A head without
-    an executor (the driver's, on a cluster) gets none: it would never be used.
+_starting = threading.Lock()  # two transfers at once must not both start a node's holder
+
+
+def node_holders(ray_context) -> List[Tuple[dict, Any]]:
+    """(node, holder) of every alive executor's Ray node (``ray_context``'s); a
+    node's holder starts the first time it is asked for, or again if it died, and
+    they end when Ray stops. A head without an executor (the driver's, on a
+    cluster) gets none: tasks run on the executors' nodes.
 
     Not waited for: a named actor is found as soon as it is registered, and the
     tasks' first calls queue until it runs."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     holders = ray_context.holders
     nodes = executor_nodes(ray_context.nodes())
-    for node in nodes:
-        if node["node_id"] not in holders:
-            holders[node["node_id"]] = _holder_class().options(
-                name=holder_name(node["node_id"]),
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node["node_id"], soft=False),
-            ).remote()
-    return [holders[n["node_id"]] for n in nodes]
+    with _starting:
+        for node in nodes:
+            node_id = node["node_id"]
+            if node_id not in holders or _dead(holders[node_id]):
+                holders[node_id] = _holder_class().options(
+                    name=holder_name(node_id), get_if_exists=True,
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+                ).remote()
+        return [(n, holders[n["node_id"]]) for n in nodes]
+
+
+def _dead(handle) -> bool:
+    """Whether the GCS has this actor as dead (killed, e.g. by Ray's memory monitor)."""
+    import ray
+    info = ray._private.state.actors(actor_id=handle._actor_id.hex())
+    return not info or info.get("State") == "DEAD"
 
 
 def _find_holder(name: str, namespace: str):
@@ -107,7 +125,7 @@ def _find_holder(name: str, namespace: str):
 BLOCK_BYTES = 32 << 20
 
 
-def _put_partition(tag: str, namespace: str, index: int, batches):
+def _put_partition(tag: str, namespace: str, hosts: Dict[str, str], index: int, batches):
     """In a Spark task: this partition into the local object store, in blocks of
     about BLOCK_BYTES owned by the holder on this node. Blocks go out while Spark
     still produces the rest; the task waits for all of them before it ends (until
@@ -125,7 +143,7 @@ def _put_partition(tag: str, namespace: str, index: int, batches):
     with ThreadPoolExecutor(1, thread_name_prefix="sparkorca-join") as pool:
         # A fresh Python worker joins Ray (import, connect) while Spark produces the
         # first block, rather than before it asks for any
-        holder = pool.submit(_local_holder, namespace)
+        holder = pool.submit(_local_holder, namespace, hosts)
 
         def send():
             pending.append(holder.result().store.remote((tag, index, attempt, len(pending)),
@@ -144,17 +162,25 @@ def _put_partition(tag: str, namespace: str, index: int, batches):
     return [(index, attempt)]
 
 
-def _local_holder(namespace: str):
-    """Join Ray through this executor's raylet; the holder on its node."""
+def _local_holder(namespace: str, hosts: Dict[str, str]):
+    """Join Ray through this executor's raylet; the holder of its node. ``hosts``:
+    the address of every node with a holder. An executor without a raylet (fewer
+    Ray nodes than executors, or a replacement the healer has not reached yet)
+    joins any node of its host, maybe the driver's head, which has none: then a
+    holder on the same host (its copy stays on the machine), else any."""
     import ray
 
     from ..ray import connect
     connect()
-    return _find_holder(holder_name(ray.get_runtime_context().get_node_id()), namespace)
+    node = ray.get_runtime_context().get_node_id()
+    if node not in hosts:
+        here = ray.util.get_node_ip_address()
+        node = next((n for n, host in hosts.items() if host == here), next(iter(hosts)))
+    return _find_holder(holder_name(node), namespace)
 
 
 def _to_ray(run_puts):
-    """Let ``run_puts(tag, namespace)`` run the Spark job whose tasks put their
+    """Let ``run_puts(tag, namespace, hosts)`` run the Spark job whose tasks put their
     partitions on the nodes' holders (it returns each successful task's (partition,
     attempt)), and build the Dataset from those tasks' blocks."""
     import ray
@@ -163,16 +189,21 @@ def _to_ray(run_puts):
     ray_context = OrcaContext.get_ray_context()  # Ray on Spark, started on demand
     tag = secrets.token_hex(4)
     namespace = ray.get_runtime_context().namespace
-    holders = node_holders(ray_context)
+    placed = node_holders(ray_context)
+    holders = [holder for _, holder in placed]
+    hosts = {node["node_id"]: node["host"] for node, _ in placed}
     # the driver idles during the job: Ray Data's first import (~0.2 s) happens then
     importing = threading.Thread(target=importlib.import_module, args=("ray.data",),
                                  name="sparkorca-import", daemon=True)
     importing.start()
-    try:
-        succeeded = [tuple(done) for done in run_puts(tag, namespace)]  # (partition, attempt)
+    try:  # (partition, attempt) of each successful task
+        succeeded = [tuple(done) for done in run_puts(tag, namespace, hosts)]
     except BaseException:
         for holder in holders:  # what the failed job's tasks put goes
-            holder.hand_over.remote(tag, [])
+            try:
+                holder.hand_over.remote(tag, [])
+            except Exception:  # Ray going away: the blocks go with it; the job's error counts
+                pass
         raise
     handed = ray.get([h.hand_over.remote(tag, succeeded) for h in holders])
     importing.join()
@@ -220,19 +251,19 @@ def shards_to_ray_dataset(shards):
 
 def arrow_rdd_to_ray_dataset(arrow_rdd):
     """A Ray Dataset of an RDD of Arrow record batches, in partition order."""
-    return _to_ray(lambda tag, namespace: arrow_rdd.mapPartitionsWithIndex(
-        lambda i, it: _put_partition(tag, namespace, i, it)).collect())
+    return _to_ray(lambda tag, namespace, hosts: arrow_rdd.mapPartitionsWithIndex(
+        lambda i, it: _put_partition(tag, namespace, hosts, i, it)).collect())
 
 
 def spark_df_to_ray_dataset(df):
     """A Ray Dataset of a Spark DataFrame, its blocks in partition order: Spark hands
     each partition to Python as Arrow (mapInArrow) and the puts happen right there."""
-    def run(tag, namespace):
+    def run(tag, namespace, hosts):
         def put(batches):
             import pyarrow as pa
 
             from ..spark.executor import partition_id
-            done = _put_partition(tag, namespace, partition_id(), batches)
+            done = _put_partition(tag, namespace, hosts, partition_id(), batches)
             yield pa.RecordBatch.from_pydict({"p": [p for p, _ in done],
                                               "a": [a for _, a in done]})
         return [(r.p, r.a) for r in df.mapInArrow(put, "p long, a long").collect()]

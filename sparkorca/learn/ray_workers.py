@@ -250,6 +250,7 @@ def run_workers(plan_: Plan, main: Callable, job: Any, cols: Optional[Columns], 
                 ray.kill(actor)
             except Exception:  # Ray already gone: nothing left to end; keep the first error
                 pass
+        per_worker.clear()  # the data's blocks go now, not with a kept traceback's frames
     return results[0]
 
 

@@ -372,8 +372,9 @@ class RayOnSpark:
     def nodes(self) -> List[dict]:
         """Every node of this cluster as the GCS sees it, with its Spark executor."""
         import ray
-        by_name = {link.info["node_name"]: link.info for link in self._hub.nodes.values()
-                   if link.info}
+        with self._hub.cond:  # the healer may register a node meanwhile
+            links = list(self._hub.nodes.values())
+        by_name = {link.info["node_name"]: link.info for link in links if link.info}
         out = []
         for n in ray.nodes():
             name = n.get("NodeName", "")
