@@ -22,3 +22,13 @@ def test_the_dataset_comes_from_the_holders_metadata_without_a_task(monkeypatch)
     assert ds.schema().names == ["a", "b"]
     meta = to_ray.block_metadata(3, 48, blob)
     assert (meta.num_rows, meta.size_bytes, meta.schema) == (3, 48, schema)
+
+
+def test_a_block_missing_from_a_successful_task_fails_the_transfer():
+    from sparkorca.errors import OrcaRuntimeError
+    blocks = {("t", 0, 0, 0): None, ("t", 0, 0, 1): None, ("t", 1, 1, 0): None}
+    to_ray._check_complete([(0, 0, 2), (1, 1, 1), (2, 0, 0)], blocks)  # an empty partition too
+    with pytest.raises(OrcaRuntimeError, match="partition 0 put 3 blocks and 2 reached"):
+        to_ray._check_complete([(0, 0, 3), (1, 1, 1)], blocks)
+    with pytest.raises(OrcaRuntimeError, match="partition 1 put 1 blocks and 0 reached"):
+        to_ray._check_complete([(1, 0, 1)], blocks)  # attempt 0's blocks are not attempt 1's

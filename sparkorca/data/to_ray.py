@@ -159,7 +159,7 @@ def _put_partition(tag: str, namespace: str, hosts: Dict[str, str], index: int, 
         if block:
             send()
     ray.get(pending)
-    return [(index, attempt)]
+    return [(index, attempt, len(pending))]
 
 
 def _local_holder(namespace: str, hosts: Dict[str, str]):
@@ -182,7 +182,7 @@ def _local_holder(namespace: str, hosts: Dict[str, str]):
 def _to_ray(run_puts):
     """Let ``run_puts(tag, namespace, hosts)`` run the Spark job whose tasks put their
     partitions on the nodes' holders (it returns each successful task's (partition,
-    attempt)), and build the Dataset from those tasks' blocks."""
+    attempt, blocks)), and build the Dataset from those tasks' blocks."""
     import ray
 
     from ..context import OrcaContext
@@ -196,8 +196,8 @@ def _to_ray(run_puts):
     importing = threading.Thread(target=importlib.import_module, args=("ray.data",),
                                  name="sparkorca-import", daemon=True)
     importing.start()
-    try:  # (partition, attempt) of each successful task
-        succeeded = [tuple(done) for done in run_puts(tag, namespace, hosts)]
+    try:  # (partition, attempt, blocks) of each successful task
+        done = [tuple(d) for d in run_puts(tag, namespace, hosts)]
     except BaseException:
         for holder in holders:  # what the failed job's tasks put goes
             try:
@@ -205,10 +205,25 @@ def _to_ray(run_puts):
             except Exception:  # Ray going away: the blocks go with it; the job's error counts
                 pass
         raise
+    succeeded = [(p, a) for p, a, _ in done]
     handed = ray.get([h.hand_over.remote(tag, succeeded) for h in holders])
     importing.join()
     blocks = {tuple(k): v for blocks_of_node in handed for k, v in blocks_of_node}
+    _check_complete(done, blocks)
     return dataset_of([blocks[k] for k in sorted(blocks)])
+
+
+def _check_complete(done: list, blocks: dict) -> None:
+    """Every block each successful task put is there: a holder lost with its node
+    (or killed) during the transfer must fail it, not drop the rows silently."""
+    from ..errors import OrcaRuntimeError
+    for partition, attempt, count in done:
+        got = sum(1 for k in blocks if k[1:3] == (partition, attempt))
+        if got != count:
+            raise OrcaRuntimeError(
+                f"Spark -> Ray: partition {partition} put {count} blocks and {got} reached "
+                "the driver: the Ray node (or the holder actor) that held the others was "
+                "lost during the transfer; run it again")
 
 
 def block_metadata(num_rows: int, size_bytes: int, schema: bytes):
@@ -264,7 +279,8 @@ def spark_df_to_ray_dataset(df):
 
             from ..spark.executor import partition_id
             done = _put_partition(tag, namespace, hosts, partition_id(), batches)
-            yield pa.RecordBatch.from_pydict({"p": [p for p, _ in done],
-                                              "a": [a for _, a in done]})
-        return [(r.p, r.a) for r in df.mapInArrow(put, "p long, a long").collect()]
+            yield pa.RecordBatch.from_pydict({"p": [d[0] for d in done],
+                                              "a": [d[1] for d in done],
+                                              "n": [d[2] for d in done]})
+        return [(r.p, r.a, r.n) for r in df.mapInArrow(put, "p long, a long, n long").collect()]
     return _to_ray(run)
