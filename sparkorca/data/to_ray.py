@@ -57,9 +57,8 @@ def _holder_class():
             so does whatever a straggling attempt stores later."""
             self.ended.add(tag)
             keep = {tuple(s) for s in succeeded}
-            mine = [k for k in self.refs if k[0] == tag]
-            return [(key, block) for key, block in ((k, self.refs.pop(k)) for k in mine)
-                    if key[1:3] in keep]
+            taken = {k: self.refs.pop(k) for k in [k for k in self.refs if k[0] == tag]}
+            return [(key, block) for key, block in taken.items() if key[1:3] in keep]
 
     return Holder
 
@@ -216,9 +215,12 @@ def _to_ray(run_puts):
 def _check_complete(done: list, blocks: dict) -> None:
     """Every block each successful task put is there: a holder lost with its node
     (or killed) during the transfer must fail it, not drop the rows silently."""
+    from collections import Counter
+
     from ..errors import OrcaRuntimeError
+    arrived = Counter(k[1:3] for k in blocks)
     for partition, attempt, count in done:
-        got = sum(1 for k in blocks if k[1:3] == (partition, attempt))
+        got = arrived[(partition, attempt)]
         if got != count:
             raise OrcaRuntimeError(
                 f"Spark -> Ray: partition {partition} put {count} blocks and {got} reached "
