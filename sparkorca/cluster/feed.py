@@ -24,7 +24,7 @@ from typing import Deque, Dict, List, Optional, Union
 import pyarrow as pa
 
 from ..errors import OrcaRuntimeError
-from ..node.channel import Channel
+from ..node.channel import Channel, serve_connections
 from . import rows as rowcodec
 from .store import DiskStore, MemoryStore, open_store
 
@@ -146,8 +146,8 @@ class FeedHub:
         os.chmod(self.socket_path, 0o600)
         sock.listen(64)
         self._server = sock
-        threading.Thread(target=self._accept_loop, name="sparkorca-feed-accept",
-                         daemon=True).start()
+        serve_connections(sock, self.secret, self._serve_feeder,
+                          f"the feed of {self.describe}")
 
     def close(self) -> None:
         if self._server is not None:
@@ -155,31 +155,6 @@ class FeedHub:
             self._server = None
         for store in self._stores.values():
             store.close()
-
-    def _accept_loop(self) -> None:
-        server = self._server
-        assert server is not None
-        while True:
-            try:
-                sock, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(sock,), name="sparkorca-feed-conn",
-                             daemon=True).start()
-
-    def _serve(self, sock: socket.socket) -> None:
-        try:
-            channel = Channel.accept(sock, self.secret)
-        except (OSError, ConnectionError) as e:
-            log.warning("feed connection refused: %s", e)
-            sock.close()
-            return
-        try:
-            self._serve_feeder(channel)
-        except (OSError, ConnectionError) as e:
-            log.warning("feed connection of %s broke: %s", self.describe, e)
-        finally:
-            channel.close()
 
     def _serve_feeder(self, channel: Channel) -> None:
         header = channel.recv()

@@ -13,13 +13,16 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import socket
 import struct
 import threading
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from ..errors import OrcaRuntimeError
+
+log = logging.getLogger(__name__)
 
 _NONCE = 32
 _LEN = struct.Struct("!I")
@@ -172,3 +175,37 @@ def connect_unix(path: str, secret: bytes, timeout: float = 30.0) -> Channel:
     sock.settimeout(timeout)
     sock.connect(path)
     return Channel.connect(sock, secret, timeout)
+
+
+def serve_connections(server: socket.socket, secret: bytes, handle: Callable[[Channel], None],
+                      name: str) -> threading.Thread:
+    """Accept on the listening ``server`` until it is closed, a thread per
+    connection: the peer authenticates, then ``handle(channel)`` runs, and the
+    channel is closed after it. A peer that fails, or a connection that breaks, is
+    logged and dropped."""
+    def serve(sock: socket.socket) -> None:
+        try:
+            channel = Channel.accept(sock, secret)
+        except (OSError, ConnectionError) as e:
+            log.warning("%s refused a connection: %s", name, e)
+            sock.close()
+            return
+        try:
+            handle(channel)
+        except (OSError, ConnectionError) as e:
+            log.warning("a connection to %s broke: %s", name, e)
+        finally:
+            channel.close()
+
+    def accept_loop() -> None:
+        while True:
+            try:
+                sock, _ = server.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=serve, args=(sock,), name=f"{name}-conn",
+                             daemon=True).start()
+
+    thread = threading.Thread(target=accept_loop, name=f"{name}-accept", daemon=True)
+    thread.start()
+    return thread
