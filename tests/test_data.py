@@ -14,6 +14,7 @@ from pyspark import cloudpickle
 
 from sparkorca import OrcaContext, data, init_orca_context
 from sparkorca._wait import wait_for
+from sparkorca.data import local_handoff, to_ray
 from sparkorca.errors import (
     InvalidArgumentError,
     MissingPathError,
@@ -88,16 +89,33 @@ def test_to_ray_dataset_moves_partitions_on_the_executors_and_keeps_them(files):
     where = ray.experimental.get_object_locations(refs)
     assert all(loc["node_ids"] and head not in loc["node_ids"] for loc in where.values())
     # One holder per executor's node, started with Ray and serving every transfer;
-    # the driver's head, with no executor, has none. The tasks joined Ray as drivers
-    # (one per Python worker, no reuse): their raylets started no idle workers for them.
+    # the driver's head, with no executor, has none. On Linux the tasks handed their
+    # blocks over the holders' local sockets and never joined Ray: the driver is the
+    # only Ray job.
     holders = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                if a["name"].startswith("sparkorca-holder-")}
     assert len(holders) == 2 and not any(head in h for h in holders), holders
-    assert not idle_workers(OrcaContext.get_ray_context()._backend.cluster_id)
+    if local_handoff.supported():
+        assert len(ray_jobs()) == 1, ray_jobs()
     got = sorted_frame(ds.to_pandas())
     # Ray hands columns back with pyarrow dtypes
     pd.testing.assert_frame_equal(got.astype({"id": "int64", "name": object, "score": "float64"}),
                                   frame(0, 30000))
+    # A task that cannot reach a holder's socket (none on its machine, or not Linux)
+    # joins Ray and puts through it, one Ray job per Python worker (no reuse); their
+    # raylets start no idle workers for these drivers.
+    rdd = shards.to_arrow_rdd()
+
+    def run_unreachable(route):
+        route = route._replace(holders=tuple(h._replace(address=local_handoff.new_address())
+                                             for h in route.holders))
+        return rdd.mapPartitionsWithIndex(
+            lambda i, it: to_ray._put_partition(route, i, it)).collect()
+    through_ray = to_ray._to_ray(run_unreachable)
+    assert len(ray_jobs()) > 1
+    assert not idle_workers(OrcaContext.get_ray_context()._backend.cluster_id)
+    pd.testing.assert_frame_equal(sorted_frame(through_ray.to_pandas()), got)
+    del through_ray
     from pyspark.sql import SparkSession
     spark = SparkSession.builder.getOrCreate()
     spark_df = spark.range(0, 1000, numPartitions=2)
@@ -116,6 +134,12 @@ def test_to_ray_dataset_moves_partitions_on_the_executors_and_keeps_them(files):
     wait_for(lambda: primary_bytes() <= held - size, 30,
              "the blocks of a dropped Dataset to be freed")
     assert list(sorted_frame(ds.to_pandas())["id"]) == list(range(30000))
+
+
+def ray_jobs() -> list:
+    """The Ray jobs (drivers) the cluster has seen, through the driver's connection."""
+    import ray
+    return ray._private.state.jobs()
 
 
 def primary_bytes() -> int:

@@ -1,10 +1,12 @@
 """The attack surface, inventoried: every TCP listener of every process a context
 starts is bound to the node address or loopback, or refuses a client without the
-secret; none answers an unauthenticated HTTP GET with a 2xx."""
+secret; none answers an unauthenticated HTTP GET with a 2xx. The Unix sockets in
+the abstract namespace (which have no file permissions) refuse such a client too."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -15,6 +17,9 @@ import pytest
 from conftest import QUIET
 
 from sparkorca import OrcaContext, init_orca_context
+from sparkorca._wait import wait_for
+from sparkorca.data import local_handoff
+from sparkorca.node.channel import AuthenticationError
 from sparkorca.node.host import node_ip
 
 pytestmark = pytest.mark.engine
@@ -48,6 +53,14 @@ def our_listeners():
         if c.status == psutil.CONN_LISTEN and c.pid in pids:
             found.append((c.laddr.ip, c.laddr.port, c.pid, pids[c.pid]))
     return sorted(set(found), key=lambda x: x[1])
+
+
+def block_sockets():
+    """The names of the Spark -> Ray holders' sockets among this process's
+    descendants (sparkorca.data.local_handoff)."""
+    pids = {p.pid for p in psutil.Process().children(recursive=True)}
+    return sorted(c.laddr[1:] for c in psutil.net_connections("unix")
+                  if c.pid in pids and (c.laddr or "").startswith("@sparkorca-blocks-"))
 
 
 def http_status(host, port):
@@ -149,6 +162,13 @@ def test_no_listener_answers_without_the_secret():
         names = " ".join(rows)
         assert ":44227" not in names and ":44217" not in names
         assert "ray.util.client" not in names  # no Ray Client server on the head
+        # The holders' block sockets (Unix, abstract namespace: any local user can
+        # list and reach them) take no block from a peer without the secret
+        sockets = wait_for(lambda: len(block_sockets()) >= 2 and block_sockets(), 60,
+                           "the two data holders' block sockets")
+        for name in sockets:
+            with pytest.raises(AuthenticationError):
+                local_handoff.connect(name, os.urandom(32))
         # TensorBoard serves only at its secret URL
         import urllib.request
         with urllib.request.urlopen(url, timeout=10) as reply:

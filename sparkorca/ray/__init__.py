@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Dict, List
+import secrets
+from typing import TYPE_CHECKING, Dict, List, Tuple
 
 from ..errors import InvalidArgumentError, NoContextError
 
@@ -33,9 +34,11 @@ class OrcaRayContext:
     def __init__(self, backend) -> None:
         self._backend = backend
         self._stopped = False
-        # the Spark -> Ray hand-off's holders by node id (sparkorca.data.to_ray): they
-        # own the data Spark tasks put, and live as long as Ray
-        self.holders: Dict[str, ActorHandle] = {}
+        # the Spark -> Ray hand-off's holders by node id, with their block sockets'
+        # names (sparkorca.data.to_ray): they own the data Spark tasks put, and live
+        # as long as Ray. The tasks authenticate to them with this secret.
+        self.holders: Dict[str, Tuple[ActorHandle, str]] = {}
+        self.holder_secret = secrets.token_bytes(32)
 
     @classmethod
     def get(cls, initialize: bool = True) -> "OrcaRayContext":
@@ -79,7 +82,7 @@ class OrcaRayContext:
 
     def _end_holders(self) -> None:
         import ray
-        for handle in self.holders.values():  # before the nodes go, so no worker dies
+        for handle, _ in self.holders.values():  # before the nodes go, so no worker dies
             try:                                # "unexpectedly"
                 ray.kill(handle)
             except Exception:  # already gone with its node

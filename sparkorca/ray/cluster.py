@@ -150,9 +150,10 @@ class RayOnSpark:
                                 object_store_memory=self.plan.node_object_store,
                                 node_name=self.node_prefix)
         # Ray starts an idle worker per CPU when the first driver joins a raylet. On
-        # an executor's raylet that driver is a Spark task (to_ray's, or connect() in
-        # a UDF), and to_ray's submit no Ray tasks: the workers would start while
-        # Spark needs the CPUs, for nothing. Tasks get workers on demand, as always.
+        # an executor's raylet that driver is a Spark task (connect() in a UDF, or
+        # to_ray's where its holder's socket is out of reach), and to_ray's submit no
+        # Ray tasks: the workers would start while Spark needs the CPUs, for nothing.
+        # Tasks get workers on demand, as always.
         env = {**self.env, "RAY_prestart_worker_first_driver": "0"}
         return self._config(env=env, options=options,
                             ready_timeout=max(10.0, START_TIMEOUT - 15),
