@@ -59,8 +59,8 @@ def block_sockets():
     """The names of the Spark -> Ray holders' sockets among this process's
     descendants (sparkorca.data.local_handoff)."""
     pids = {p.pid for p in psutil.Process().children(recursive=True)}
-    return sorted(c.laddr[1:] for c in psutil.net_connections("unix")
-                  if c.pid in pids and (c.laddr or "").startswith("@sparkorca-blocks-"))
+    return sorted({c.laddr[1:] for c in psutil.net_connections("unix")  # an accepted
+                   if c.pid in pids and (c.laddr or "").startswith("@sparkorca-blocks-")})
 
 
 def http_status(host, port):

@@ -146,7 +146,7 @@ class FeedHub:
         os.chmod(self.socket_path, 0o600)
         sock.listen(64)
         self._server = sock
-        serve_connections(sock, self.secret, self._serve_feeder,
+        serve_connections(sock, self.secret, self._serve_feeder, "sparkorca-feed",
                           f"the feed of {self.describe}")
 
     def close(self) -> None:

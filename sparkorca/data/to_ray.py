@@ -49,7 +49,11 @@ def _holder_class():
             self.ended: set = set()  # the tags of transfers handed over (or failed)
             self.lock = threading.Lock()  # the socket's threads put too
             if local_handoff.supported():
-                self.server = local_handoff.BlockServer(address, secret, self.put)
+                try:
+                    self.server = local_handoff.BlockServer(address, secret, self.put)
+                except OSError as e:  # e.g. a sandbox that forbids abstract sockets
+                    log.warning("the data holder serves no block socket (%s): Spark tasks "
+                                "put through Ray", e)
 
         def put(self, key: tuple, table) -> None:
             if key[0] in self.ended:  # an attempt Spark gave up on, still running
@@ -101,8 +105,8 @@ def node_holders(ray_context) -> List[Tuple[dict, Any, str]]:
     again if it died, and they end when Ray stops. A head without an executor (the
     driver's, on a cluster) gets none: tasks run on the executors' nodes.
 
-    Not waited for: a named actor is found as soon as it is registered, and the
-    tasks' first calls queue until it runs."""
+    Not waited for here (``holders_ready`` does that): a transfer's Spark job
+    starts while they come up, and Ray on Spark does not wait for them."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from .local_handoff import new_address
@@ -118,6 +122,22 @@ def node_holders(ray_context) -> List[Tuple[dict, Any, str]]:
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
                 ).remote(address, ray_context.holder_secret), address)
         return [(n, *holders[n["node_id"]]) for n in nodes]
+
+
+def holders_ready(placed: List[Tuple[dict, Any, str]], timeout: float = 120) -> None:
+    """Wait until every holder runs (they start with Ray on Spark, so at once but on
+    a transfer right after it): a task finding no socket yet would join Ray instead,
+    at a CPU-second's cost on the node."""
+    import ray
+
+    from ..errors import OrcaRuntimeError
+    waiting = {h.__ray_ready__.remote(): node for node, h, _ in placed}
+    ready, late = ray.wait(list(waiting), num_returns=len(waiting), timeout=timeout)
+    ray.get(ready)  # a holder that failed to start raises here
+    if late:
+        raise OrcaRuntimeError(
+            f"Spark -> Ray: the data holders of Ray nodes "
+            f"{', '.join(waiting[r]['node_id'] for r in late)} did not start in {timeout:.0f} s")
 
 
 def _dead(handle) -> bool:
@@ -164,9 +184,9 @@ def _put_partition(route: Route, index: int, batches):
     about BLOCK_BYTES owned by the holder there. Blocks go out while Spark still
     produces the rest; the task waits until the holder has every one (until then
     the task's process owns the data)."""
-    from ..spark.executor import attempt_number
+    from ..spark.executor import task_attempt_id
     from . import local_handoff
-    attempt = attempt_number()  # a failed attempt's blocks must not mix with this one's
+    attempt = task_attempt_id()  # a failed attempt's blocks must not mix with this one's
     blocks = _blocks(batches)
     channel = _local_channel(route)
     if channel is None:
@@ -266,6 +286,7 @@ def _to_ray(run_puts):
     importing = threading.Thread(target=importlib.import_module, args=("ray.data",),
                                  name="sparkorca-import", daemon=True)
     importing.start()
+    holders_ready(placed)
     try:  # (partition, attempt, blocks) of each successful task
         done = [tuple(d) for d in run_puts(route)]
     except BaseException:

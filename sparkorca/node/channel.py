@@ -18,6 +18,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from typing import Callable, Iterator, Optional
 
 from ..errors import OrcaRuntimeError
@@ -178,22 +179,24 @@ def connect_unix(path: str, secret: bytes, timeout: float = 30.0) -> Channel:
 
 
 def serve_connections(server: socket.socket, secret: bytes, handle: Callable[[Channel], None],
-                      name: str) -> threading.Thread:
-    """Accept on the listening ``server`` until it is closed, a thread per
-    connection: the peer authenticates, then ``handle(channel)`` runs, and the
-    channel is closed after it. A peer that fails, or a connection that breaks, is
-    logged and dropped."""
+                      name: str, what: str,
+                      admit: Callable[[socket.socket], bool] = lambda sock: True
+                      ) -> threading.Thread:
+    """Accept on the listening ``server`` until it is closed, a thread (``name``) per
+    connection that ``admit`` lets in: the peer authenticates, then
+    ``handle(channel)`` runs, and the channel is closed after it. A peer that fails,
+    or a connection that breaks, is logged (as ``what``'s) and dropped."""
     def serve(sock: socket.socket) -> None:
         try:
             channel = Channel.accept(sock, secret)
         except (OSError, ConnectionError) as e:
-            log.warning("%s refused a connection: %s", name, e)
+            log.warning("%s refused a connection: %s", what, e)
             sock.close()
             return
         try:
             handle(channel)
         except (OSError, ConnectionError) as e:
-            log.warning("a connection to %s broke: %s", name, e)
+            log.warning("a connection to %s broke: %s", what, e)
         finally:
             channel.close()
 
@@ -201,11 +204,27 @@ def serve_connections(server: socket.socket, secret: bytes, handle: Callable[[Ch
         while True:
             try:
                 sock, _ = server.accept()
-            except OSError:  # closed
-                return
+            except OSError as e:
+                if server.fileno() < 0:  # closed: the server is done
+                    return
+                # out of descriptors, say: the server must outlive it
+                log.warning("%s could not accept a connection: %s", what, e)
+                time.sleep(0.1)  # a back-off, not a wait for anything
+                continue
+            if not admit(sock):
+                log.warning("%s refused a connection from another user", what)
+                sock.close()
+                continue
             threading.Thread(target=serve, args=(sock,), name=f"{name}-conn",
                              daemon=True).start()
 
     thread = threading.Thread(target=accept_loop, name=f"{name}-accept", daemon=True)
     thread.start()
     return thread
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The user id of the process at the other end of a Unix socket."""
+    _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                    struct.calcsize("3i")))
+    return uid

@@ -39,11 +39,13 @@ def gpu_env(task_context) -> dict:
     return {"CUDA_VISIBLE_DEVICES": ",".join(gpu.addresses)}
 
 
-def attempt_number() -> int:
-    """This Spark task's attempt (0 unless it is a retry or a speculative copy)."""
+def task_attempt_id() -> int:
+    """This Spark task attempt's id, unique in the application: ``attemptNumber()``
+    starts at 0 again when Spark runs a stage again, while an attempt of the earlier
+    run may still be going."""
     from pyspark import TaskContext
     context = TaskContext.get()
-    return context.attemptNumber() if context is not None else 0
+    return context.taskAttemptId() if context is not None else 0
 
 
 def partition_id() -> int:
