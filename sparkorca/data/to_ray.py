@@ -105,8 +105,8 @@ def node_holders(ray_context) -> List[Tuple[dict, Any, str]]:
     again if it died, and they end when Ray stops. A head without an executor (the
     driver's, on a cluster) gets none: tasks run on the executors' nodes.
 
-    Not waited for here (``holders_ready`` does that): a transfer's Spark job
-    starts while they come up, and Ray on Spark does not wait for them."""
+    Not waited for here: Ray on Spark starts them and goes on; a transfer waits
+    for them (``holders_ready``) before its Spark job."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from .local_handoff import new_address
