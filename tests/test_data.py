@@ -113,7 +113,7 @@ def test_to_ray_dataset_moves_partitions_on_the_executors_and_keeps_them(files):
             lambda i, it: to_ray._put_partition(route, i, it)).collect()
     through_ray = to_ray._to_ray(run_unreachable)
     assert len(ray_jobs()) > 1
-    assert not idle_workers(OrcaContext.get_ray_context()._backend.cluster_id)
+    assert not idle_workers(OrcaContext.get_ray_context()._backend)
     pd.testing.assert_frame_equal(sorted_frame(through_ray.to_pandas()), got)
     del through_ray
     from pyspark.sql import SparkSession
@@ -151,14 +151,18 @@ def primary_bytes() -> int:
         .object_store_bytes_primary_copy
 
 
-def idle_workers(cluster_id: str) -> list:
-    """Ray's idle worker processes under this cluster's raylets."""
+def idle_workers(backend) -> list:
+    """Ray's idle worker processes under the raylets of this cluster's executors. (The
+    head's are left out: Ray Data starts its own actors there, each a ray::IDLE worker
+    until its class is loaded, which on a busy machine outlasts the next Spark job.)"""
+    executor_nodes = {f"--node-name={node['node_name']}" for node in backend.nodes()
+                      if not node["is_head"]}
     found = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         if (p.info["cmdline"] or [""])[0] != "ray::IDLE":
             continue
         try:
-            if cluster_id in " ".join(p.parent().cmdline()):
+            if executor_nodes.intersection(p.parent().cmdline()):
                 found.append(p.info["pid"])
         except (psutil.Error, AttributeError):  # gone, or no parent
             pass
