@@ -229,12 +229,11 @@ def test_orca_callbacks_run_on_the_workers(frames, tmp_path, capsys):
         "before_train_epoch 1", "after_val_epoch 1", "after_train_epoch 2", "after_run 2"]
     assert {p.name for p in (tmp_path / "ckpt").iterdir()} == \
         {"digits-epoch=1.ckpt", "digits-epoch=2.ckpt", "last.ckpt"}  # Orca's names
-    # the group's store (rank 0) and gloo's pairs listen on the node's address only
-    # (torch's defaults: every interface; the host name's address); the gradient
-    # exchange's listener is closed once the partners are connected
+    # mid-fit only the group's store listens (rank 0), on the node's address (torch's
+    # TCPStore: every interface); the workers' mesh closed its listeners once
+    # connected, and no gloo pair listens (learn.process_group)
     listening = {r: json.loads((tmp_path / f"listen-{r}").read_text()) for r in (0, 1)}
-    assert listening[0] and all(ip == node_ip() for ips in listening.values() for ip in ips), \
-        listening
+    assert listening == {0: [node_ip()], 1: []}, listening
     again = estimator()
     again.load_checkpoint(str(tmp_path / "ckpt" / "last.ckpt"))
     assert again.evaluate(test, **COLS) == est.evaluate(test, **COLS)

@@ -1,8 +1,7 @@
 """Both Estimators on the "ray" backend: real Spark (local-cluster[2,1,1024]) with
 RayOnSpark started on demand (a Ray node per executor), the workers as Ray actors
-joined over gloo,
-real torch and Keras 3, on scikit-learn's digits; DataFrames, Shards and Ray
-Datasets in, a Ray Dataset out of predict."""
+joined in sparkorca's process group, real torch and Keras 3, on scikit-learn's
+digits; DataFrames, Shards and Ray Datasets in, a Ray Dataset out of predict."""
 
 import sys
 

@@ -6,8 +6,8 @@ DataFrames and Shards reach the object store through ``to_ray_dataset`` (the
 executors put their partitions on their own node; no row passes the driver); a
 Ray Dataset is used as it is. The rows are split by index into one contiguous
 share per worker, and each worker replays its share every epoch from the object
-store. The workers join one torch.distributed process group over gloo, as on
-the Spark backend; rank 0 reports each epoch to the driver through a Ray queue
+store. The workers join one torch.distributed process group (learn.process_group),
+as on the Spark backend; rank 0 reports each epoch to the driver through a Ray queue
 and returns the trained state. Every fit's actors end with it.
 """
 
@@ -189,7 +189,7 @@ def _worker_class():
 
     @ray.remote(max_restarts=0, max_task_retries=0)
     class TrainWorker:
-        """One training worker: ``main(job, ctx)`` in a process group over gloo."""
+        """One training worker: ``main(job, ctx)`` in the workers' process group."""
 
         def address(self) -> tuple:
             ip = ray.util.get_node_ip_address()
@@ -271,7 +271,7 @@ def _started(workers: list, plan_: Plan) -> tuple:
 def _wait(refs: list, progress, on_progress: Callable[[dict], None]) -> list:
     """Every worker's result, showing rank 0's progress meanwhile; the first
     worker error raises at once (the others would wait for it in the next
-    collective until gloo's timeout)."""
+    collective until the group's timeout)."""
     import ray
     from ray.exceptions import RayActorError, RayTaskError
     from ray.util.queue import Empty

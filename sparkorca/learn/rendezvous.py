@@ -1,7 +1,7 @@
 """The workers' torch.distributed rendezvous store, served by rank 0 over the node
 layer's authenticated channels: torch's TCPStore answers anyone who reaches it,
-and gloo finds its peers' addresses there (a stranger who can write it can
-redirect a worker's connections).
+and the workers find each other's addresses there (a stranger who can write it
+could redirect a worker's connections).
 
 Rank 0 keeps the keys and answers the others' requests (JSON, values base64);
 every connection first passes the mutual HMAC challenge with the fit's secret.

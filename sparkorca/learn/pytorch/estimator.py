@@ -1,14 +1,15 @@
 """The PyTorch Estimator (Orca's ``Estimator.from_torch``).
 
-``fit`` runs one worker per executor x ``workers_per_node`` as a TFCluster node
-(the node layer's supervised process, launched from a barrier Spark job), joined
-by torch DDP over gloo; on the "ray" backend the same worker runs as a Ray actor
-fed from Ray Datasets (``learn.ray_workers``). DataFrames and Shards reach each worker through the
-TFCluster feed: a Spark job streams every partition into the worker on its own
-executor as Arrow (no driver hop, with backpressure); epochs after the first are
-replayed by the workers from ``OrcaContext.train_data_store``, so Spark computes
-the input once. ``evaluate`` and ``predict`` need no process group: one Spark task
-per partition with the broadcast model state, statistics merged exactly.
+``fit`` runs one worker per executor x ``workers_per_node`` as a TFCluster node (the
+node layer's supervised process, launched from a barrier Spark job), joined by torch
+DDP over their own process group (learn.process_group); on the "ray" backend the
+same worker runs as a Ray actor fed from Ray Datasets (``learn.ray_workers``).
+DataFrames and Shards reach each worker through the TFCluster feed: a Spark job
+streams every partition into the worker on its own executor as Arrow (no driver hop,
+with backpressure); epochs after the first are replayed by the workers from
+``OrcaContext.train_data_store``, so Spark computes the input once. ``evaluate`` and
+``predict`` need no process group: one Spark task per partition with the broadcast
+model state, statistics merged exactly.
 
 The driver keeps the model state (``torch.save`` bytes of Orca's
 ``{"epoch", "models", "optimizers", "schedulers"}``) between calls.

@@ -1,5 +1,5 @@
 """The PyTorch Estimator on the executors: the training worker (a TFCluster node's
-map_fun, one per worker, under torch DDP over gloo), and the evaluate / predict
+map_fun, one per worker, under torch DDP over learn.process_group), and the evaluate / predict
 functions Spark runs on each partition.
 
 Workers exchange their statistics as JSON over torch.distributed tensors (never
@@ -24,8 +24,8 @@ from .. import metrics as metricmod
 from ..allreduce import ddp_hook
 from ..checkpoints import epoch_checkpoints
 from ..data import Columns, batch_arrays, is_creator
-from ..gloo import gather_json, worker_group
 from ..partitions import WorkerJob, chunks, feed_batches
+from ..process_group import gather_json, worker_group
 from .callbacks import MainCallback, may_stop_early
 from .runner import Runner
 
@@ -204,7 +204,7 @@ def _train(job: TrainJob, ctx, summer) -> Optional[dict]:
         return _evaluated_on_workers(job, state, rank, world, local_bs)
     model, optimizer, loss, scheduler = job.creators.build(state, train=True)
     ddp = DistributedDataParallel(model)
-    ddp.register_comm_hook(summer, ddp_hook)  # gradients off gloo: see allreduce.py
+    ddp.register_comm_hook(summer, ddp_hook)  # one call per bucket: see allreduce.py
     val_batches: Optional[list] = None
     if job.has_val and job.cols is not None:
         val_feed = ctx.get_data_feed(qname_in="val")

@@ -4,7 +4,7 @@
 fed like the PyTorch Estimator's (each worker its own executor's partitions,
 stored once, replayed every epoch), or on the "ray" backend as a Ray actor fed
 from Ray Datasets (``learn.ray_workers``); the workers train Keras 3 on its torch
-backend with gradients averaged over gloo (see ``worker``). ``evaluate`` and
+backend with gradients averaged by one all-reduce (see ``worker``). ``evaluate`` and
 ``predict`` are plain Spark tasks with the broadcast weights, in whatever Keras
 backend the executors' Python has; metric states are summed exactly.
 

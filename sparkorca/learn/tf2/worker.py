@@ -6,13 +6,13 @@ Keras 3's ``Model.fit`` does not run under MultiWorkerMirroredStrategy
 (keras-team/keras#20585), so the workers train Keras on its **torch backend**: each
 worker runs the model's own compiled train step (its optimizer, loss and metrics),
 and the optimizer's ``apply`` first averages the gradients over all workers with
-one gloo all-reduce (weighted by the rows each worker had in the step). Every
+one all-reduce (weighted by the rows each worker had in the step). Every
 worker takes part in every step, idle when its data for the epoch has run out, so
 workers with uneven data stay in step and their weights stay identical. Metric
 states (totals and counts, confusion counts, ...) are summed over the workers at
 the end of an epoch: the reported values are exact, as if one process had seen
-all the data. Nothing between workers or to the driver is pickled: tensors over
-gloo, JSON, and weights as ``.npz`` read with ``allow_pickle=False``.
+all the data. Nothing between workers or to the driver is pickled: raw tensors
+over authenticated connections, JSON, and weights as ``.npz`` read with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -29,11 +29,10 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import numpy as np
 
-from ..allreduce import PeerSum
 from ..checkpoints import epoch_checkpoints
 from ..data import Columns, batch_arrays
-from ..gloo import gather_json, worker_group
 from ..partitions import WorkerJob, chunks, feed_batches
+from ..process_group import gather_json, worker_group
 
 SAVED_SUFFIXES = (".keras", ".h5")
 
@@ -244,7 +243,7 @@ class GradientSync:
     ``active``: whether any worker had data in the last step (when none had,
     nothing is applied)."""
 
-    def __init__(self, optimizer, summer: PeerSum):
+    def __init__(self, optimizer, summer):
         self._apply = optimizer.apply
         self._summer = summer
         optimizer.apply = self  # what the model's train step calls
@@ -406,7 +405,7 @@ def train_main(blob: bytes, ctx) -> Optional[dict]:
         return _train(job, ctx, dist.get_rank(), dist.get_world_size(), summer)
 
 
-def _train(job: KerasJob, ctx, rank: int, world: int, summer: PeerSum) -> Optional[dict]:
+def _train(job: KerasJob, ctx, rank: int, world: int, summer) -> Optional[dict]:
     local_bs = max(1, job.batch_size // world)
     model = job.source.build(state_from_bytes(job.state))
     if not getattr(model, "compiled", False):
