@@ -48,6 +48,13 @@ def _worker(rank, world, port, out):
             # what DDP, the Estimators and users' callbacks call through torch.distributed
             most = torch.tensor([rank, -rank], dtype=torch.int64)
             dist.all_reduce(most, op=dist.ReduceOp.MAX)
+            zeros = torch.tensor([0.0, -0.0] if rank == 0 else [-0.0, 0.0])  # max keeps one
+            dist.all_reduce(zeros, op=dist.ReduceOp.MAX)
+            try:
+                dist.all_reduce(torch.ones(2, dtype=torch.int64), op=dist.ReduceOp.AVG)
+                int_average = ""
+            except Exception as e:  # refused before anything is summed
+                int_average = str(e)
             mean = torch.full((5,), float(rank))
             dist.all_reduce(mean, op=dist.ReduceOp.AVG)
             column = torch.arange(12.0).reshape(3, 4)[:, 1] * (rank + 1)  # not contiguous
@@ -77,6 +84,7 @@ def _worker(rank, world, port, out):
                 "broadcast": sent.tolist(), "gathered": [p.tolist() for p in parts],
                 "flat": flat.tolist(), "json": gather_json({"rank": rank}),
                 "reduced": reduced.tolist(), "unsupported": unsupported,
+                "zeros": zeros.numpy().tobytes(), "int_average": int_average,
                 "weight": model.weight.detach().flatten().tolist(),
                 "bias": (bias * world).tolist(), "bias_after": model.bias.tolist(),
                 "listening": sorted(_listening_ports() - {port})}))
@@ -138,6 +146,8 @@ def test_every_worker_gets_bitwise_the_same_results(world):
         seen = got[rank][1]
         assert seen["backend"] == "sparkorca"
         assert seen["max"] == [world - 1, 0]
+        assert seen["zeros"] == got[0][1]["zeros"]  # the same bits of zero everywhere
+        assert "AVG needs floating point" in seen["int_average"]
         assert seen["mean"] == [sum(ranks) / world] * 5
         assert seen["column"] == [c * world * (world + 1) / 2 for c in (1.0, 5.0, 9.0)]
         assert seen["broadcast"] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]

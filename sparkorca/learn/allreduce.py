@@ -35,9 +35,13 @@ def is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
-def all_reduce_(mesh, tensor, combine: Combine, scratch: Scratch) -> None:
+def all_reduce_(mesh, tensor, combine: Combine, scratch: Scratch,
+                symmetric: bool = True) -> None:
     """``tensor`` (contiguous, on the CPU) reduced in place over every worker of
-    ``mesh`` by ``combine``; every worker calls it with a tensor of the same size."""
+    ``mesh`` by ``combine``; every worker calls it with a tensor of the same size.
+    ``symmetric``: ``combine(a, b)`` gives the bits of ``combine(b, a)`` (sums and
+    products do; min and max of +0.0 and -0.0 keep one operand: there the lower
+    rank's goes first on both sides of a swap)."""
     world = mesh.world
     if world == 1 or tensor.numel() == 0:
         return
@@ -48,7 +52,11 @@ def all_reduce_(mesh, tensor, combine: Combine, scratch: Scratch) -> None:
         for k in range(world.bit_length() - 1):
             peer = mesh.rank ^ (1 << k)
             mesh.exchange(peer, mine_bytes, peer, theirs_bytes)
-            combine(flat, theirs)
+            if symmetric or mesh.rank < peer:
+                combine(flat, theirs)
+            else:
+                combine(theirs, flat)
+                flat.copy_(theirs)
         return
     _ring(mesh, flat, combine, scratch)
 

@@ -70,7 +70,7 @@ class Mesh:
         """Every worker calls it: listen, publish the address in ``store``, connect
         to the lower ranks and take the higher ones' connections. A peer without
         the fit's secret is dropped and the workers still wait for theirs."""
-        from ..node.channel import connect_tcp
+        from ..node.channel import AuthenticationError, connect_tcp
         from ..node.host import node_ip
         peers: Dict[int, socket.socket] = {}
         listener = socket.socket()
@@ -80,7 +80,13 @@ class Mesh:
             store.set(f"sparkorca-mesh/{rank}", json.dumps(listener.getsockname()[:2]))
             for peer in range(rank):  # lower ranks listen
                 host, port = json.loads(store.get(f"sparkorca-mesh/{peer}"))
-                sock = _raw(connect_tcp(host, port, secret, connect_timeout))
+                try:
+                    sock = _raw(connect_tcp(host, port, secret, connect_timeout))
+                except AuthenticationError:
+                    raise
+                except OSError as err:  # it published its address, then went
+                    raise OrcaRuntimeError(f"worker {rank}: worker {peer} {PEER_GONE} "
+                                           f"(unreachable at {host}:{port}: {err})") from None
                 peers[peer] = sock
                 sock.sendall(_RANK.pack(rank))
             expected = set(range(rank + 1, world))
@@ -175,6 +181,10 @@ class Mesh:
 
     def close(self) -> None:
         for sock in self.peers.values():
+            try:  # the peers see the end now, even where a forked child holds a copy
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             sock.close()
         self.peers = {}
         self._selector.close()

@@ -59,6 +59,12 @@ def _group_class():
         def wait(self, timeout=None) -> bool:
             return True
 
+        def is_completed(self) -> bool:
+            return True
+
+        def is_success(self) -> bool:
+            return True
+
         def get_future(self):
             return self._future
 
@@ -100,10 +106,16 @@ def _group_class():
 
         def allreduce(self, tensors, opts):
             combine = _combiner(opts.reduceOp)
+            average = opts.reduceOp == dist.ReduceOp.AVG
+            if average and not all(t.is_floating_point() for t in tensors):
+                raise OrcaRuntimeError("all_reduce: AVG needs floating point tensors, got "
+                                       f"{sorted({str(t.dtype) for t in tensors})}")
+            symmetric = not any(opts.reduceOp == op for op in (dist.ReduceOp.MIN,
+                                                               dist.ReduceOp.MAX))
             for tensor in tensors:
                 with contiguous(tensor) as work:
-                    all_reduce_(self.mesh, work, combine, self._receive_buffer)
-                    if opts.reduceOp == dist.ReduceOp.AVG:
+                    all_reduce_(self.mesh, work, combine, self._receive_buffer, symmetric)
+                    if average:
                         work.div_(self.world)
             return Done(tensors)
 
@@ -123,8 +135,13 @@ def _group_class():
         def _gather_into(self, parts, tensor) -> None:
             """Every worker's ``tensor`` into ``parts`` (rank order)."""
             rank, world = self.mesh.rank, self.world
+            if len(parts) != world or any(p.numel() != tensor.numel() or p.dtype != tensor.dtype
+                                          for p in parts):
+                raise OrcaRuntimeError(
+                    f"all_gather: needs {world} outputs of {tensor.numel()} {tensor.dtype}, "
+                    f"got {[(p.numel(), p.dtype) for p in parts]}")
             with contiguous(tensor) as mine:
-                parts[rank].copy_(mine)
+                parts[rank].detach().copy_(mine.view(parts[rank].shape))
                 out = bytes_of(mine)
                 for step in range(1, world):  # one peer out, another in, per step
                     to, frm = (rank + step) % world, (rank - step) % world
@@ -137,7 +154,12 @@ def _group_class():
             return Done(output_tensors)
 
         def _allgather_base(self, output, input, opts):
-            self._gather_into(list(output.reshape(self.world, -1)), input.reshape(-1))
+            if output.numel() != self.world * input.numel():
+                raise OrcaRuntimeError(
+                    f"all_gather_into_tensor: the output needs {self.world} x "
+                    f"{input.numel()} elements, it has {output.numel()}")
+            with contiguous(output) as out:
+                self._gather_into(list(out.view(self.world, -1)), input.reshape(-1))
             return Done(output)
 
         all_gather_single = _allgather_base  # all_gather_into_tensor, torch >= 2.12
@@ -163,9 +185,31 @@ def _group_class():
     # else torch answers "No backend type associated with device type cpu"
     for name in ("reduce_scatter", "_reduce_scatter_base", "reduce_scatter_single", "gather",
                  "scatter", "alltoall", "alltoall_base", "send", "recv", "recv_anysource",
-                 "allreduce_coalesced", "allgather_coalesced"):
+                 "allreduce_coalesced", "allgather_coalesced",
+                 "allgather_into_tensor_coalesced", "reduce_scatter_tensor_coalesced"):
         setattr(PeerGroup, name, unsupported(name))
     return PeerGroup
+
+
+# the fit's secret and mesh of the group being made (one group at a time per
+# process: a worker's), for the backend's creator, which torch calls with the store
+_making: dict = {}
+
+
+def _create(prefix_store, rank: int, world: int, timeout: datetime.timedelta):
+    from .mesh import Mesh
+    mesh = _making["mesh"] = Mesh.connect(prefix_store, rank, world, _making["secret"],
+                                          timeout.total_seconds(), timeout.total_seconds())
+    return _group_class()(mesh)
+
+
+@functools.lru_cache(maxsize=None)
+def _register() -> None:
+    import torch.distributed as dist
+    try:
+        dist.Backend.register_backend(BACKEND, _create, devices=["cpu"])
+    except TypeError:  # torch < 2.3 has no devices argument
+        dist.Backend.register_backend(BACKEND, _create)
 
 
 def init_process_group(secret: bytes):
@@ -173,30 +217,26 @@ def init_process_group(secret: bytes):
     the node layer or the Ray backend); returns its rendezvous store, to ``close()``
     after the group is destroyed. The store is rank 0's, on MASTER_ADDR, behind the
     fit's ``secret`` (learn.rendezvous; torch's TCPStore answers anyone, on every
-    interface); the mesh's listeners bind this node's address."""
+    interface); the mesh's listeners bind this node's address. The workers wait
+    for each other up to GROUP_TIMEOUT, as gloo's did."""
     import torch.distributed as dist
 
-    from .mesh import Mesh
     from .rendezvous import store
     addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     rendezvous = store(addr, port, rank, secret, GROUP_TIMEOUT)
-
-    def create(prefix_store, group_rank, group_size, timeout):
-        mesh = Mesh.connect(prefix_store, group_rank, group_size, secret,
-                            timeout.total_seconds())
-        return _group_class()(mesh)
-    # the creator holds this fit's secret: registered again for each group
-    try:
-        dist.Backend.register_backend(BACKEND, create, devices=["cpu"])
-    except TypeError:  # torch < 2.3 has no devices argument
-        dist.Backend.register_backend(BACKEND, create)
+    _register()
+    _making.update(secret=secret, mesh=None)
     try:
         dist.init_process_group(BACKEND, store=rendezvous, rank=rank, world_size=world,
                                 timeout=GROUP_TIMEOUT)
     except BaseException:
+        if _making["mesh"] is not None:  # made, then torch failed: its sockets go
+            _making["mesh"].close()
         rendezvous.close()
         raise
+    finally:
+        _making.clear()
     return rendezvous
 
 
@@ -210,9 +250,11 @@ def worker_group(secret: bytes) -> Iterator:
     try:
         yield group
     finally:
-        dist.destroy_process_group()
-        group.close()  # type: ignore[union-attr]
-        rendezvous.close()
+        try:
+            group.close()  # type: ignore[union-attr]
+            dist.destroy_process_group()
+        finally:
+            rendezvous.close()
 
 
 def gather_json(obj) -> list:
