@@ -50,11 +50,12 @@ def _worker(rank, world, port, out):
             dist.all_reduce(most, op=dist.ReduceOp.MAX)
             zeros = torch.tensor([0.0, -0.0] if rank == 0 else [-0.0, 0.0])  # max keeps one
             dist.all_reduce(zeros, op=dist.ReduceOp.MAX)
+            counts = torch.ones(2, dtype=torch.int64)
             try:
-                dist.all_reduce(torch.ones(2, dtype=torch.int64), op=dist.ReduceOp.AVG)
+                dist.all_reduce(counts, op=dist.ReduceOp.AVG)
                 int_average = ""
             except Exception as e:  # refused before anything is summed
-                int_average = str(e)
+                int_average = f"{e} {counts.tolist()}"
             mean = torch.full((5,), float(rank))
             dist.all_reduce(mean, op=dist.ReduceOp.AVG)
             column = torch.arange(12.0).reshape(3, 4)[:, 1] * (rank + 1)  # not contiguous
@@ -148,6 +149,7 @@ def test_every_worker_gets_bitwise_the_same_results(world):
         assert seen["max"] == [world - 1, 0]
         assert seen["zeros"] == got[0][1]["zeros"]  # the same bits of zero everywhere
         assert "AVG needs floating point" in seen["int_average"]
+        assert seen["int_average"].endswith(" [1, 1]")  # the tensor as it was
         assert seen["mean"] == [sum(ranks) / world] * 5
         assert seen["column"] == [c * world * (world + 1) / 2 for c in (1.0, 5.0, 9.0)]
         assert seen["broadcast"] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]

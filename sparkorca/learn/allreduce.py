@@ -31,7 +31,7 @@ Combine = Callable  # (mine, theirs) -> None: mine combined with theirs, in plac
 Scratch = Callable  # (numel, dtype) -> a tensor to receive into
 
 
-def is_power_of_two(n: int) -> bool:
+def _is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
@@ -46,9 +46,9 @@ def all_reduce_(mesh, tensor, combine: Combine, scratch: Scratch,
     if world == 1 or tensor.numel() == 0:
         return
     flat = tensor.view(-1)
-    if is_power_of_two(world) and (world == 2 or tensor.nbytes <= LARGE):
+    if _is_power_of_two(world) and (world == 2 or tensor.nbytes <= LARGE):
         theirs = scratch(flat.numel(), flat.dtype)
-        mine_bytes, theirs_bytes = _bytes_of(flat), _bytes_of(theirs)
+        mine_bytes, theirs_bytes = bytes_of(flat), bytes_of(theirs)
         for k in range(world.bit_length() - 1):
             peer = mesh.rank ^ (1 << k)
             mesh.exchange(peer, mine_bytes, peer, theirs_bytes)
@@ -69,14 +69,14 @@ def _ring(mesh, flat, combine: Combine, scratch: Scratch) -> None:
     for step in range(world - 1):  # reduce-scatter: chunk rank+1 ends complete here
         out, into = chunks[(rank - step) % world], chunks[(rank - step - 1) % world]
         part = received[:into.numel()]
-        mesh.exchange(after, _bytes_of(out), before, _bytes_of(part))
+        mesh.exchange(after, bytes_of(out), before, bytes_of(part))
         combine(into, part)
     for step in range(world - 1):  # all-gather: the complete chunks go round
         out, into = chunks[(rank + 1 - step) % world], chunks[(rank - step) % world]
-        mesh.exchange(after, _bytes_of(out), before, _bytes_of(into))
+        mesh.exchange(after, bytes_of(out), before, bytes_of(into))
 
 
-def _bytes_of(tensor) -> memoryview:
+def bytes_of(tensor) -> memoryview:
     """A contiguous tensor's memory as bytes (any dtype, bfloat16 too)."""
     import torch
     return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())

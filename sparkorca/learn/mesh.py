@@ -20,7 +20,6 @@ from typing import Dict, Optional
 from ..errors import OrcaRuntimeError
 
 PEER_GONE = "closed the gradient exchange"
-CONNECT_TIMEOUT = 120.0
 
 _RANK = struct.Struct("!I")
 _NOTHING = memoryview(b"")
@@ -66,9 +65,10 @@ class Mesh:
 
     @classmethod
     def connect(cls, store, rank: int, world: int, secret: bytes, timeout: float,
-                connect_timeout: float = CONNECT_TIMEOUT) -> "Mesh":
+                connect_timeout: float) -> "Mesh":
         """Every worker calls it: listen, publish the address in ``store``, connect
-        to the lower ranks and take the higher ones' connections. A peer without
+        to the lower ranks and take the higher ones' connections, within
+        ``connect_timeout``; ``timeout``: of one exchange. A peer without
         the fit's secret is dropped and the workers still wait for theirs."""
         from ..node.channel import AuthenticationError, connect_tcp
         from ..node.host import node_ip

@@ -45,8 +45,7 @@ def _group_class():
     import torch
     import torch.distributed as dist
 
-    from .allreduce import _bytes_of as bytes_of
-    from .allreduce import all_reduce_
+    from .allreduce import all_reduce_, bytes_of
 
     class Done(dist._Work):
         """A collective that ran when it was called."""
