@@ -32,7 +32,10 @@ ENGINE_MARKERS = ("org.apache.spark", "pyspark.daemon", "pyspark.worker",
                   "sparkorca.cluster.node", "tensorboard.main", "/site-packages/ray/",
                   "ray.scripts.scripts", "sparkorca.ray.ray_start", "ray.util.client",
                   "ray::")
-TEMP_PATTERNS = ("spark-*", "sparkorca-*", "blockmgr-*", "pyspark-*", "ray", "ray_*")
+# TF autograph sources and TensorBoard's info dir: left when a process that made them
+# ends with os._exit (pyspark's workers, our nodes) unless its temp files were redirected
+TEMP_PATTERNS = ("spark-*", "sparkorca-*", "blockmgr-*", "pyspark-*", "ray", "ray_*",
+                 "__autograph_generated_file*", ".tensorboard-info")
 QUIET = {"spark.ui.showConsoleProgress": "false", "spark.ui.enabled": "false"}
 
 

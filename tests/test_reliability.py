@@ -230,8 +230,9 @@ def soak(function, *args, timeout=300):
     return json.loads(lines[-1][len("ROWS "):])
 
 
-def test_eight_ray_on_spark_contexts_in_one_process_do_not_grow():
-    rows, ray_sockets = soak("ray_on_spark_cycles", 8)
+def test_six_ray_on_spark_contexts_in_one_process_do_not_grow():
+    # with Ray's sockets told apart, a leak shows in any cycle: three are compared
+    rows, ray_sockets = soak("ray_on_spark_cycles", 6)
     _print_table("RayOnSpark: init / Ray and Spark work / stop", rows)
     kept = [sum(what.split(" ")[0] in ray_sockets for what in state["fd_table"].values())
             for _, state in rows]
@@ -279,10 +280,10 @@ def tfcluster_cycles(out_root, cycles):
     return rows, None
 
 
-def test_ten_tfclusters_in_one_context_do_not_grow(tmp_path):
-    rows, _ = soak("tfcluster_cycles", tmp_path, 10)
+def test_seven_tfclusters_in_one_context_do_not_grow(tmp_path):
+    rows, _ = soak("tfcluster_cycles", tmp_path, 7)
     _print_table("TFCluster: run / train / shutdown in one context", rows)
-    # after one warm-up cycle: a leak adds one fd (or thread) every cycle, +8 here
+    # after one warm-up cycle: a leak adds one fd (or thread) every cycle, +5 here
     base, last = rows[1][1], rows[-1][1]
     fds = [state["fds"] for _, state in rows]
     assert last["fds"] <= base["fds"] + 1, (fds, _new_fds(base, last))

@@ -68,8 +68,13 @@ def test_the_example_program_fits_and_transforms_under_spark_submit(shared_sc, e
 
 def on_executor(sc, fn, *args):
     """``fn(*args)`` in a Spark task: TensorFlow loads in a Python worker (the transforms
-    need it there anyway), not in this test process."""
-    return sc.parallelize([0], 1).map(lambda _: fn(*args)).collect()[0]
+    need it there anyway), not in this test process. The autograph sources TF writes
+    there go to a dir removed after (the worker ends with os._exit, not TF's atexit)."""
+    def call(_):
+        from sparkorca.node.host import scratch_tempdir
+        with scratch_tempdir("sparkorca-test-"):
+            return fn(*args)
+    return sc.parallelize([0], 1).map(call).collect()[0]
 
 
 def call_saved_model(export, images):

@@ -157,6 +157,7 @@ class _PartitionBody:
     def __call__(self, rows):
         from pyspark import BarrierTaskContext, TaskContext
 
+        from ..node.host import scratch_tempdir
         from ..spark.executor import gpu_env
         worker_num = next(iter(rows))
         if self.barrier:
@@ -173,7 +174,8 @@ class _PartitionBody:
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
-            map_fun(tf_args, ctx)
+            with scratch_tempdir("sparkorca-parallel-"):
+                map_fun(tf_args, ctx)
         finally:  # Spark reuses this Python worker for other tasks
             for k, v in saved.items():
                 if v is None:

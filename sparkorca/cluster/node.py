@@ -37,7 +37,7 @@ from .._wait import wait_for
 from ..errors import OrcaRuntimeError
 from ..node import control
 from ..node.handoff import Handoff, read_launch, wait_until_released
-from ..node.host import node_dir
+from ..node.host import node_dir, redirect_tempdir
 from ..node.launch import RunningNode, launch
 from . import roles as rolemod
 from .node_config import TFNodeConfig
@@ -120,6 +120,8 @@ class Node:
         cfg = self.cfg
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
         self._watcher.start()
+        # this process ends with os._exit: temp files go with its temp dir (TensorBoard's too)
+        redirect_tempdir(os.path.join(cfg.temp_dir, "tmp"))
         port_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         port_sock.bind(("", 0))  # free on every address, held until release_port()
         port = port_sock.getsockname()[1]

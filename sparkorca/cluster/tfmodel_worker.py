@@ -86,7 +86,10 @@ def loaded_signature(plan: InferencePlan):
         hit = _LOADED.get(key)
         if hit is None:
             import tensorflow as tf
-            model = tf.saved_model.load(plan.export_dir, tags=list(plan.tags))
+
+            from ..node.host import scratch_tempdir
+            with scratch_tempdir("sparkorca-tfmodel-"):  # the functions it traces
+                model = tf.saved_model.load(plan.export_dir, tags=list(plan.tags))
             hit = (model, model.signatures[plan.signature_def_key])  # the model must live on
             _LOADED[key] = hit
             while len(_LOADED) > _LOADED_MAX:

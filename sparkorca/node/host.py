@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import tempfile
+from typing import Callable, Iterator
+
+# the temp root a process had before redirect_tempdir() moved its temp files: node
+# dirs (found by name from other processes) stay there
+TEMP_ROOT_ENV = "SPARKORCA_TEMP_ROOT"
 
 
 def node_ip() -> str:
@@ -31,7 +38,44 @@ def node_ip() -> str:
 
 def temp_root() -> str:
     """The directory node scratch dirs go in: TMPDIR (tempfile's rules), else /tmp."""
-    return tempfile.gettempdir()
+    return os.environ.get(TEMP_ROOT_ENV) or tempfile.gettempdir()
+
+
+def redirect_tempdir(path: str) -> Callable[[], None]:
+    """Send this process's temp files (``tempfile``, and its children's through
+    TMPDIR) to ``path``, created if need be; returns what undoes it.
+
+    Libraries that remove their temp files only when the interpreter exits (TF's
+    autograph writes a source file per traced function) leave them in /tmp when
+    the process ends with ``os._exit``, as pyspark's Python workers and our nodes
+    do; in a dir we remove they go with it."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    saved = {k: os.environ.get(k) for k in ("TMPDIR", TEMP_ROOT_ENV)}
+    saved_dir = tempfile.tempdir
+    os.environ[TEMP_ROOT_ENV] = temp_root()
+    os.environ["TMPDIR"] = path
+    tempfile.tempdir = path
+
+    def undo() -> None:
+        tempfile.tempdir = saved_dir
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return undo
+
+
+@contextlib.contextmanager
+def scratch_tempdir(prefix: str) -> Iterator[str]:
+    """``redirect_tempdir`` to a fresh dir for the block; the dir is removed after."""
+    path = tempfile.mkdtemp(prefix=prefix, dir=temp_root())
+    undo = redirect_tempdir(path)
+    try:
+        yield path
+    finally:
+        undo()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def node_dir(kind: str, cluster_id: str, name: object) -> str:
