@@ -272,6 +272,7 @@ def _start(spec: ContextSpec, flag_values: FlagValues, stack: contextlib.ExitSta
 
 def _start_owned(spec: ContextSpec, flag_values: FlagValues, stack: contextlib.ExitStack,
                  java: Tuple[str, str]) -> _Running:
+    from ._environ import temporary_environ
     from ._reaper import Reaper
     from .spark import needs_packed_env, session
     from .spark.class_data import plan_for_launch
@@ -321,7 +322,7 @@ def _start_owned(spec: ContextSpec, flag_values: FlagValues, stack: contextlib.E
     if "spark.python.daemon.module" in launch.conf:
         sink = LogSink(plan.driver_host)
         stack.callback(sink.stop)
-    stack.enter_context(session.temporary_environ(spec.env))
+    stack.enter_context(temporary_environ(spec.env))
     app_work_dirs: list = []
     stack.callback(_remove_app_work_dirs, app_work_dirs)  # runs after Spark has stopped
     if ray_cluster is not None:

@@ -157,6 +157,7 @@ class _PartitionBody:
     def __call__(self, rows):
         from pyspark import BarrierTaskContext, TaskContext
 
+        from .._environ import temporary_environ
         from ..node.host import scratch_tempdir
         from ..spark.executor import gpu_env
         worker_num = next(iter(rows))
@@ -171,17 +172,9 @@ class _PartitionBody:
         ctx = ParallelContext(executor_id=worker_num, worker_num=worker_num,
                               num_workers=self.num_executors, defaultFS=self.default_fs,
                               working_dir=self.working_dir)
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            with scratch_tempdir("sparkorca-parallel-"):
-                map_fun(tf_args, ctx)
-        finally:  # Spark reuses this Python worker for other tasks
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        # Spark reuses this Python worker for other tasks: both are undone after
+        with temporary_environ(env), scratch_tempdir("sparkorca-parallel-"):
+            map_fun(tf_args, ctx)
         return [0]
 
 

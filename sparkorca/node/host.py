@@ -7,7 +7,9 @@ import os
 import shutil
 import socket
 import tempfile
-from typing import Callable, Iterator
+from typing import Iterator
+
+from .._environ import temporary_environ
 
 # the temp root a process had before redirect_tempdir() moved its temp files: node
 # dirs (found by name from other processes) stay there
@@ -41,40 +43,34 @@ def temp_root() -> str:
     return os.environ.get(TEMP_ROOT_ENV) or tempfile.gettempdir()
 
 
-def redirect_tempdir(path: str) -> Callable[[], None]:
-    """Send this process's temp files (``tempfile``, and its children's through
-    TMPDIR) to ``path``, created if need be; returns what undoes it.
+def _tempdir_env(path: str) -> dict:
+    return {TEMP_ROOT_ENV: temp_root(), "TMPDIR": path}
+
+
+def redirect_tempdir(path: str) -> None:
+    """Send the temp files of this process (``tempfile``), and of what it starts
+    (TMPDIR), to ``path`` from now on; for a process that ends with its temp dir.
 
     Libraries that remove their temp files only when the interpreter exits (TF's
     autograph writes a source file per traced function) leave them in /tmp when
     the process ends with ``os._exit``, as pyspark's Python workers and our nodes
     do; in a dir we remove they go with it."""
     os.makedirs(path, mode=0o700, exist_ok=True)
-    saved = {k: os.environ.get(k) for k in ("TMPDIR", TEMP_ROOT_ENV)}
-    saved_dir = tempfile.tempdir
-    os.environ[TEMP_ROOT_ENV] = temp_root()
-    os.environ["TMPDIR"] = path
+    os.environ.update(_tempdir_env(path))
     tempfile.tempdir = path
-
-    def undo() -> None:
-        tempfile.tempdir = saved_dir
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return undo
 
 
 @contextlib.contextmanager
 def scratch_tempdir(prefix: str) -> Iterator[str]:
-    """``redirect_tempdir`` to a fresh dir for the block; the dir is removed after."""
+    """``redirect_tempdir`` to a fresh dir for the block only; the dir is removed after."""
     path = tempfile.mkdtemp(prefix=prefix, dir=temp_root())
-    undo = redirect_tempdir(path)
+    saved = tempfile.tempdir
     try:
-        yield path
+        with temporary_environ(_tempdir_env(path)):
+            tempfile.tempdir = path
+            yield path
     finally:
-        undo()
+        tempfile.tempdir = saved
         shutil.rmtree(path, ignore_errors=True)
 
 

@@ -247,7 +247,7 @@ class RayOnSpark:
         would retry an unreachable GCS for many minutes."""
         import ray
 
-        from ..spark.session import temporary_environ
+        from .._environ import temporary_environ
         deadline = time.monotonic() + START_TIMEOUT
         gcs_address, head = self.gcs_address, self._head
         assert gcs_address is not None

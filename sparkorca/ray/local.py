@@ -32,7 +32,7 @@ class LocalRay:
         import ray
         from ray._private.worker import RayContext
 
-        from ..spark.session import temporary_environ
+        from .._environ import temporary_environ
         spec = self.spec
         if spec.address:
             # An existing cluster: its token comes from this process's environment.

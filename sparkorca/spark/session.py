@@ -14,28 +14,14 @@ import logging
 import os
 import subprocess
 import threading
-from typing import Iterator, Optional
+from typing import Optional
 
+from .._environ import temporary_environ
 from ..errors import InvalidArgumentError, OrcaRuntimeError
 from .conf import SparkLaunch
 from .logs import OutputPump
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def temporary_environ(changes: dict) -> Iterator[None]:
-    """Set environment variables for the duration of the block, then restore them."""
-    saved = {k: os.environ.get(k) for k in changes}
-    os.environ.update(changes)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class OwnedSpark:
